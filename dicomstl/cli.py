@@ -1,0 +1,159 @@
+"""The ``dicomstl`` command: ``convert`` a series to a mesh, ``inspect`` what an input holds."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from dicomstl import __version__
+from dicomstl.errors import ConversionError
+from gpu_worker.backend import BACKENDS
+from gpu_worker.pipeline import STAGES, Options, convert, inspect
+from gpu_worker.presets import PRESETS
+from gpu_worker.stl import FORMATS
+
+err = Console(stderr=True)
+out = Console()
+
+
+def _level(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"level must be a number, not {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dicomstl", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"dicomstl {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show internal details of errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("convert", help="convert a DICOM series to STL/3MF",
+                       description="Convert a DICOM series (folder, files or .zip) to a closed "
+                                   "mesh in patient LPS millimetres.")
+    c.add_argument("inputs", nargs="+", help="folder(s), DICOM file(s) or .zip archive(s)")
+    c.add_argument("-o", "--output", required=True, help="output file (.stl or .3mf)")
+    g = c.add_mutually_exclusive_group()
+    g.add_argument("--preset", choices=sorted(PRESETS),
+                   help="CT threshold preset: " + "; ".join(
+                       f"{p.name} = {p.description}" for p in PRESETS.values()))
+    g.add_argument("--level", type=_level, help="threshold in HU (CT) or stored units (MR)")
+    c.add_argument("--series", help="SeriesInstanceUID to convert, or 'largest'")
+    c.add_argument("--time-point", type=int, default=0,
+                   help="time point of a 4-D series (default 0, the first)")
+    c.add_argument("--crop", help="voxel ranges columns,rows,slices, e.g. 100:400,50:450,0:")
+    c.add_argument("--downsample", type=int, default=1, help="average blocks of N^3 voxels")
+    c.add_argument("--smooth-mm", type=float, default=0.0,
+                   help="Gaussian smoothing of the volume, standard deviation in mm")
+    c.add_argument("--keep", default="all",
+                   help="parts to keep: all, largest, or N (the N largest)")
+    c.add_argument("--min-part-mm3", type=float, default=0.0,
+                   help="drop parts smaller than this volume (mm^3)")
+    d = c.add_mutually_exclusive_group()
+    d.add_argument("--decimate", type=float, help="fraction of triangles to remove (0-1)")
+    d.add_argument("--max-triangles", type=int, help="triangle budget")
+    c.add_argument("--mesh-smooth", type=int, default=0,
+                   help="Taubin smoothing iterations (keeps the volume)")
+    c.add_argument("--format", choices=FORMATS, default=None,
+                   help="stl (binary, default), stl-ascii or 3mf (default from the suffix)")
+    c.add_argument("--backend", choices=BACKENDS, default="auto")
+    c.add_argument("--report", help="write the mesh report as JSON to this file")
+    c.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    i = sub.add_parser("inspect", help="list the series an input holds (no patient data)")
+    i.add_argument("inputs", nargs="+")
+    i.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def _convert(args: argparse.Namespace) -> int:
+    fmt = args.format or ("3mf" if args.output.lower().endswith(".3mf") else "stl")
+    options = Options(preset=args.preset, level=args.level, series=args.series,
+                      time_point=args.time_point, crop=args.crop, downsample=args.downsample,
+                      smooth_mm=args.smooth_mm, keep=args.keep, min_part_mm3=args.min_part_mm3,
+                      decimate=args.decimate, max_triangles=args.max_triangles,
+                      mesh_smooth=args.mesh_smooth, format=fmt, backend=args.backend)
+    with Progress(SpinnerColumn(), TextColumn("{task.description:<12}"), BarColumn(),
+                  TimeElapsedColumn(), console=err, disable=args.quiet, transient=False) as bar:
+        tasks = {s: bar.add_task(s, total=1, start=False) for s in STAGES}
+
+        def progress(stage: str, state: str) -> None:
+            if state == "start":
+                bar.start_task(tasks[stage])
+            else:
+                bar.update(tasks[stage], completed=1)
+
+        result = convert(args.inputs, args.output, options, progress)
+    r = result.report
+    out.print(f"[bold green]wrote[/] {result.output} ({result.bytes_written / 1e6:.1f} MB, "
+              f"{options.format})")
+    out.print(f"series: {result.series}")
+    out.print(f"level: {result.level:g} ({result.level_source}); backend: {result.backend}")
+    out.print(f"triangles {r.triangles:,}, vertices {r.vertices:,}, area "
+              f"{r.surface_area_mm2:,.0f} mm², volume {r.volume_cm3:,.2f} cm³, parts {r.parts}, "
+              f"watertight {'yes' if r.watertight else 'NO'}")
+    out.print("size (LPS mm): " + " x ".join(f"{s:.1f}" for s in r.size_mm))
+    out.print("time: " + ", ".join(f"{k} {v:.2f}s" for k, v in result.timings_s.items()))
+    for note in result.warnings:
+        err.print(f"[yellow]warning:[/] {note}")
+    if args.report:
+        Path(args.report).write_text(json.dumps(result.as_dict(), indent=2))
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    found, stacks = inspect(args.inputs)
+    if args.json:
+        out.print_json(json.dumps({
+            "files": len(found.sources), "not_dicom": found.not_dicom,
+            "not_image": found.not_image,
+            "series": [{"uid": s.uid, "modality": s.modality, "description": s.description,
+                        "slices": s.positions, "time_points": s.time_points,
+                        "size": [s.cols, s.rows, s.positions], "spacing_mm": s.spacing_mm,
+                        "usable": s.usable, "problem": s.problem} for s in stacks]}))
+        return 0
+    table = Table(title=f"{len(found.sources)} files: {len(found.frames)} image frames, "
+                        f"{found.not_dicom} not DICOM, {found.not_image} non-image objects")
+    for col in ("series", "modality", "description", "slices", "size", "spacing mm", "usable"):
+        table.add_column(col)
+    for s in stacks:
+        sx, sy, sz = s.spacing_mm
+        table.add_row(s.uid, s.modality, s.description,
+                      f"{s.positions}" + (f" x {s.time_points} t" if s.time_points > 1 else ""),
+                      f"{s.cols}x{s.rows}x{s.positions}", f"{sx:.3g}x{sy:.3g}x{sz:.3g}",
+                      "yes" if s.usable else f"no: {s.problem}")
+    out.print(table)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return _convert(args) if args.command == "convert" else _inspect(args)
+    except ConversionError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        err.print(f"[bold red]internal error[/] ({type(exc).__name__}): this is a bug in "
+                  "dicomstl, not a problem with your data; rerun with --debug for details")
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""Writers: binary STL, ASCII STL and 3MF, all in millimetres (patient LPS coordinates).
+
+Headers and metadata name the program and version only, never patient data.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import numba
+import numpy as np
+
+from dicomstl import __version__
+from gpu_worker.mesh import Mesh
+
+FORMATS = ("stl", "stl-ascii", "3mf")
+HEADER = f"dicomstl {__version__} binary STL; units mm; patient LPS coordinates".encode()
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _pack(vertices, faces, out):  # pragma: no cover - compiled
+    """Fill ``out`` (F, 12) float32 with normal and three vertices per triangle."""
+    for t in numba.prange(faces.shape[0]):
+        a = faces[t, 0]
+        b = faces[t, 1]
+        c = faces[t, 2]
+        ux = vertices[b, 0] - vertices[a, 0]
+        uy = vertices[b, 1] - vertices[a, 1]
+        uz = vertices[b, 2] - vertices[a, 2]
+        vx = vertices[c, 0] - vertices[a, 0]
+        vy = vertices[c, 1] - vertices[a, 1]
+        vz = vertices[c, 2] - vertices[a, 2]
+        nx = uy * vz - uz * vy
+        ny = uz * vx - ux * vz
+        nz = ux * vy - uy * vx
+        norm = np.sqrt(nx * nx + ny * ny + nz * nz)
+        if norm > 0:
+            nx /= norm
+            ny /= norm
+            nz /= norm
+        out[t, 0] = nx
+        out[t, 1] = ny
+        out[t, 2] = nz
+        for s in range(3):
+            v = faces[t, s]
+            out[t, 3 + 3 * s] = vertices[v, 0]
+            out[t, 4 + 3 * s] = vertices[v, 1]
+            out[t, 5 + 3 * s] = vertices[v, 2]
+
+
+def triangle_records(mesh: Mesh) -> np.ndarray:
+    """(F, 12) float32: unit normal, then the three vertices of each triangle."""
+    out = np.empty((len(mesh.faces), 12), dtype=np.float32)
+    _pack(np.ascontiguousarray(mesh.vertices, dtype=np.float32),
+          np.ascontiguousarray(mesh.faces, dtype=np.int32), out)
+    return out
+
+
+def binary_stl_bytes(mesh: Mesh) -> bytes:
+    """A binary STL: 80-byte header, uint32 count, 50 bytes per triangle (little endian)."""
+    records = triangle_records(mesh)
+    body = np.zeros(len(records), dtype=np.dtype([("r", "<f4", (12,)), ("attr", "<u2")]))
+    body["r"] = records
+    header = HEADER.ljust(80, b" ")[:80]
+    return header + np.uint32(len(records)).tobytes() + body.tobytes()
+
+
+def ascii_stl_bytes(mesh: Mesh) -> bytes:
+    """An ASCII STL (larger and slower than binary; for tools that need text)."""
+    records = triangle_records(mesh).astype(np.float64)
+    buf = io.StringIO()
+    buf.write("solid dicomstl\n")
+    fmt = ("facet normal %.6e %.6e %.6e\n outer loop\n  vertex %.6e %.6e %.6e\n"
+           "  vertex %.6e %.6e %.6e\n  vertex %.6e %.6e %.6e\n endloop\nendfacet")
+    np.savetxt(buf, records, fmt=fmt)
+    buf.write("endsolid dicomstl\n")
+    return buf.getvalue().encode("ascii")
+
+
+_CONTENT_TYPES = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n'
+    '<Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types">'
+    '<Default Extension="rels" ContentType="application/vnd.openxmlformats-package.'
+    'relationships+xml"/><Default Extension="model" ContentType="application/vnd.ms-package.'
+    '3dmanufacturing-3dmodel+xml"/></Types>')
+_RELS = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n'
+    '<Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships">'
+    '<Relationship Target="/3D/3dmodel.model" Id="rel0" '
+    'Type="http://schemas.microsoft.com/3dmanufacturing/2013/01/3dmodel"/></Relationships>')
+
+
+def threemf_bytes(mesh: Mesh) -> bytes:
+    """A 3MF package (3MF Core Specification 1.x) with unit="millimeter"."""
+    model = io.StringIO()
+    model.write('<?xml version="1.0" encoding="UTF-8"?>\n<model unit="millimeter" '
+                'xml:lang="en-US" xmlns="http://schemas.microsoft.com/3dmanufacturing/core/'
+                f'2015/02"><metadata name="Application">dicomstl {__version__}</metadata>'
+                '<resources><object id="1" type="model"><mesh><vertices>\n')
+    np.savetxt(model, mesh.vertices.astype(np.float64), fmt='<vertex x="%.5f" y="%.5f" z="%.5f"/>')
+    model.write("</vertices><triangles>\n")
+    np.savetxt(model, mesh.faces, fmt='<triangle v1="%d" v2="%d" v3="%d"/>')
+    model.write('</triangles></mesh></object></resources><build><item objectid="1"/></build>'
+                "</model>\n")
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("[Content_Types].xml", _CONTENT_TYPES)
+        z.writestr("_rels/.rels", _RELS)
+        z.writestr("3D/3dmodel.model", model.getvalue())
+    return out.getvalue()
+
+
+def write_mesh(mesh: Mesh, path: str | Path, fmt: str = "stl") -> int:
+    """Write a mesh in one of FORMATS with a single write; returns the bytes written."""
+    writers = {"stl": binary_stl_bytes, "stl-ascii": ascii_stl_bytes, "3mf": threemf_bytes}
+    if fmt not in writers:
+        raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    data = writers[fmt](mesh)
+    Path(path).write_bytes(data)
+    return len(data)

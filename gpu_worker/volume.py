@@ -1,0 +1,188 @@
+"""Volume stage: stored values to Hounsfield units, crop, downsample, smooth, islands.
+
+Arrays are indexed [k slice, j row, i column]; the geometry maps them to LPS millimetres.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+from scipy import ndimage
+
+from dicomstl.errors import ConversionError, EmptySurfaceError
+from gpu_worker.series import DecodedSeries
+
+#: 26-connectivity: voxels touching by a face, an edge or a corner belong to one part, so
+#: removing a part never changes a marching cube of a part that is kept.
+CONNECTIVITY = np.ones((3, 3, 3), dtype=bool)
+
+
+@dataclass
+class Volume:
+    """Voxel values with their geometry.
+
+    data : (K, J, I) int16 (whole numbers) or float32; HU for CT, stored values otherwise.
+    units : "HU" or "stored".
+    """
+
+    data: np.ndarray
+    geometry: object  # gpu_worker.geometry.Geometry
+    modality: str
+    units: str
+    description: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+
+def to_volume(decoded: DecodedSeries) -> Volume:
+    """Apply each slice's RescaleSlope/Intercept for CT (HU); other modalities keep stored units.
+
+    The result stays int16 when every slope and intercept is a whole number and the values fit,
+    which halves memory and lets thresholds on whole HU be exact.
+    """
+    pixels = decoded.pixels
+    if decoded.modality == "CT":
+        slopes = decoded.slopes[:, None, None]
+        intercepts = decoded.intercepts[:, None, None]
+        whole = (np.all(decoded.slopes == np.round(decoded.slopes))
+                 and np.all(decoded.intercepts == np.round(decoded.intercepts)))
+        if whole and np.all(decoded.slopes == 1):
+            lo = int(pixels.min()) + int(decoded.intercepts.min())
+            hi = int(pixels.max()) + int(decoded.intercepts.max())
+            if lo >= -32768 and hi <= 32767:
+                data = pixels.astype(np.int16)
+                data += decoded.intercepts.astype(np.int16)[:, None, None]
+                return Volume(data, decoded.geometry, "CT", "HU", decoded.description,
+                              list(decoded.warnings))
+        data = (pixels.astype(np.float32) * slopes.astype(np.float32)
+                + intercepts.astype(np.float32))
+        return Volume(data, decoded.geometry, "CT", "HU", decoded.description,
+                      list(decoded.warnings))
+    if np.issubdtype(pixels.dtype, np.integer) and pixels.min() >= -32768 and (
+            pixels.max() <= 32767):
+        data = pixels.astype(np.int16, copy=False)
+    else:
+        data = pixels.astype(np.float32)
+    return Volume(data, decoded.geometry, decoded.modality or "OT", "stored",
+                  decoded.description, list(decoded.warnings))
+
+
+def parse_crop(text: str, shape: tuple[int, int, int]) -> tuple[slice, slice, slice]:
+    """Parse ``i0:i1,j0:j1,k0:k1`` (column, row, slice index ranges; empty ends allowed)."""
+    parts = text.split(",")
+    if len(parts) != 3:
+        raise ConversionError("--crop takes three ranges, columns,rows,slices, e.g. "
+                              "'100:400,50:450,0:120'")
+    out = []
+    for part, size, axis in zip(parts, (shape[2], shape[1], shape[0]),
+                                ("columns", "rows", "slices"), strict=False):
+        try:
+            lo_s, hi_s = part.split(":")
+            lo = int(lo_s) if lo_s.strip() else 0
+            hi = int(hi_s) if hi_s.strip() else size
+        except ValueError as exc:
+            raise ConversionError(f"--crop range '{part}' is not of the form start:stop") from exc
+        if not 0 <= lo < hi <= size:
+            raise ConversionError(f"--crop range {lo}:{hi} for {axis} is outside 0:{size}")
+        out.append(slice(lo, hi))
+    return out[2], out[1], out[0]
+
+
+def crop(volume: Volume, box: tuple[slice, slice, slice]) -> Volume:
+    """The sub-volume ``data[box]`` (box in [k, j, i] order) with its geometry."""
+    ks, js, is_ = box
+    geometry = volume.geometry.crop(ks.start, js.start, is_.start, ks.stop)
+    return replace(volume, data=np.ascontiguousarray(volume.data[box]), geometry=geometry)
+
+
+def downsample(volume: Volume, factor: int) -> Volume:
+    """Average blocks of factor^3 voxels (edges that do not fill a block are dropped)."""
+    if factor <= 1:
+        return volume
+    k, j, i = (s // factor for s in volume.data.shape)
+    if min(k, j, i) < 2:
+        raise ConversionError(f"--downsample {factor} leaves fewer than 2 voxels along an axis")
+    blocks = volume.data[: k * factor, : j * factor, : i * factor].astype(np.float32)
+    data = blocks.reshape(k, factor, j, factor, i, factor).mean(axis=(1, 3, 5),
+                                                                dtype=np.float32)
+    return replace(volume, data=data, geometry=volume.geometry.downsample(factor, k))
+
+
+def smooth(volume: Volume, sigma_mm: float) -> Volume:
+    """Gaussian smoothing with a standard deviation of ``sigma_mm`` millimetres on each axis."""
+    if sigma_mm <= 0:
+        return volume
+    spacing_k = float(np.mean(np.abs(volume.geometry.slice_spacings)))
+    sigma = (sigma_mm / spacing_k, sigma_mm / volume.geometry.spacing_ij[1],
+             sigma_mm / volume.geometry.spacing_ij[0])
+    data = ndimage.gaussian_filter(volume.data.astype(np.float32), sigma=sigma, mode="nearest")
+    return replace(volume, data=data)
+
+
+def oriented(data: np.ndarray, level: float, invert: bool) -> tuple[np.ndarray, float]:
+    """Data and level such that ``inside == (data >= level)``.
+
+    With ``invert`` the inside is ``value < level``: the data are negated (int16 data stay
+    whole numbers, so the threshold stays exact).
+    """
+    if not invert:
+        return data, level
+    if np.issubdtype(data.dtype, np.integer):
+        # value < L  <=>  -value > -L  <=>  -value >= floor(-L) + 1 for whole numbers
+        return (-data.astype(np.int32)).astype(np.int16), float(np.floor(-level) + 1)
+    return -data, -level
+
+
+@dataclass
+class PartsReport:
+    """What island removal found: parts (26-connected) before and after, voxels kept."""
+
+    parts_found: int
+    parts_kept: int
+    voxels_kept: int
+
+
+def keep_parts(data: np.ndarray, level: float, keep: str, min_part_mm3: float,
+               voxel_mm3: float, drop_in_plane_border: bool = False
+               ) -> tuple[np.ndarray, PartsReport]:
+    """Remove islands from ``data >= level``; return data with removed voxels set below level.
+
+    keep : "all", "largest", or a number N (the N largest parts).
+    min_part_mm3 : parts smaller than this volume (mm^3) are dropped too.
+    drop_in_plane_border : drop parts touching the first/last row or column (the air around
+        the patient when the inside is air, as for the lung preset).
+    """
+    mask = data >= level
+    if not mask.any():
+        raise EmptySurfaceError(
+            f"no voxel reaches the threshold {level:g}; the data range "
+            f"{float(data.min()):g} to {float(data.max()):g} - choose another level or preset")
+    if keep == "all" and min_part_mm3 <= 0 and not drop_in_plane_border:
+        return data, PartsReport(-1, -1, int(mask.sum()))
+    labels, n = ndimage.label(mask, structure=CONNECTIVITY)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    eligible = sizes * voxel_mm3 >= min_part_mm3
+    eligible[0] = False
+    if drop_in_plane_border:
+        border = np.unique(np.concatenate([labels[:, 0, :].ravel(), labels[:, -1, :].ravel(),
+                                           labels[:, :, 0].ravel(), labels[:, :, -1].ravel()]))
+        eligible[border] = False
+    ranked = np.flatnonzero(eligible)
+    ranked = ranked[np.argsort(-sizes[ranked], kind="stable")]
+    if keep == "largest":
+        ranked = ranked[:1]
+    elif keep != "all":
+        ranked = ranked[: int(keep)]
+    if len(ranked) == 0:
+        raise EmptySurfaceError(
+            f"island removal left nothing: {n} part(s) found, none large enough "
+            f"(minimum {min_part_mm3:g} mm^3) or all touching the border")
+    kept = np.zeros(n + 1, dtype=bool)
+    kept[ranked] = True
+    drop = mask & ~kept[labels]
+    if drop.any():
+        data = data.copy()
+        below = np.floor(level) if np.issubdtype(data.dtype, np.integer) else level - 1.0
+        data[drop] = data.dtype.type(below)
+    return data, PartsReport(int(n), len(ranked), int(sizes[ranked].sum()))

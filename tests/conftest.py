@@ -1,0 +1,52 @@
+"""Shared fixtures: the real DICOM data beside the checkout, mesh checks, artefacts."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DICOM = ROOT.parent / "shared" / "data" / "dicom"
+ARTIFACTS = ROOT / "tests" / "artifacts"
+
+#: Real series and a sensible level for each (from the data's MANIFEST.md).
+REAL_SERIES = {
+    "ct-phantom-head-1mm": 300.0,
+    "ct-phantom-tilt-neg": 300.0,
+    "ct-session-mixed": 300.0,
+    "mr-epi-axial-4d": None,  # 25% of the 99th percentile: the converter's automatic level
+    "mr-enhanced-sag": None,
+}
+
+
+@pytest.fixture(scope="session")
+def shared_dicom() -> Path:
+    """../shared/data/dicom; skipped when absent, except under CI where it must be there."""
+    if not SHARED_DICOM.is_dir():
+        message = f"real DICOM data not found at {SHARED_DICOM}"
+        if os.environ.get("CI"):
+            pytest.fail(message + " (CI must run the real-data tests)")
+        pytest.skip(message)
+    return SHARED_DICOM
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    """A folder kept after the run (screenshots, sample models)."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
+
+
+def require_tool(name: str) -> str:
+    """Path of a command-line tool; missing is a failure under CI, a skip elsewhere."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (make test installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
