@@ -59,6 +59,8 @@ def _build_tables() -> dict[str, np.ndarray]:
             "edge_axis": edge_axis}
 
 
+# OpenMP or Numba's own work queue; an old system TBB would only print a warning.
+numba.config.THREADING_LAYER_PRIORITY = ["omp", "workqueue", "tbb"]
 TABLES = _build_tables()
 _POPCOUNT3 = np.array([0, 1, 1, 2, 1, 2, 2, 3], dtype=np.int64)
 

@@ -61,6 +61,7 @@ class Frame:
     intercept: float
     time_key: tuple  # orders repeats of one position (4-D series)
     transfer_syntax: str
+    raw: tuple[int, str] | None = None  # (byte offset, dtype) of uncompressed pixel data
 
 
 @dataclass
@@ -69,6 +70,7 @@ class Scan:
 
     sources: list[Source]
     frames: list[Frame]
+    datasets: list = field(default_factory=list)  # per source: header (pixels deferred) or None
     not_dicom: int = 0
     not_image: int = 0
 
@@ -141,6 +143,7 @@ def _frames_of(ds, source: int) -> list[Frame]:
         "transfer_syntax": str(ds.file_meta.get("TransferSyntaxUID", ""))
         if hasattr(ds, "file_meta") else "",
     }
+    common["raw"] = _raw_pixel_location(ds)
     instance = int(ds.get("InstanceNumber") or 0)
     n_frames = int(ds.get("NumberOfFrames") or 1)
     frames: list[Frame] = []
@@ -174,6 +177,31 @@ def _frames_of(ds, source: int) -> list[Frame]:
     return [frame] if frame else []
 
 
+_UNCOMPRESSED_LE = (pydicom.uid.ImplicitVRLittleEndian, pydicom.uid.ExplicitVRLittleEndian)
+
+
+def _raw_pixel_location(ds) -> tuple[int, str] | None:
+    """Where the pixels of an uncompressed little-endian single-frame file lie on disk.
+
+    Such pixels need no decoder: reading them straight from the file is several times faster
+    than pydicom's general path and gives the same array (pydicom leaves unused high bits as
+    stored). Only used when the element's length is exactly the image size.
+    """
+    meta = getattr(ds, "file_meta", None)
+    if (not ds.filename or meta is None or meta.get("TransferSyntaxUID") not in _UNCOMPRESSED_LE
+            or int(ds.get("NumberOfFrames") or 1) != 1 or ds.get("BitsAllocated") not in (8, 16)
+            or int(ds.get("SamplesPerPixel", 1) or 1) != 1):
+        return None
+    # keep_deferred: the raw element, its value's offset and length, and nothing read
+    raw = ds.get_item("PixelData", keep_deferred=True)
+    offset = getattr(raw, "value_tell", None)
+    size = int(ds.Rows) * int(ds.Columns) * int(ds.BitsAllocated) // 8
+    if offset is None or getattr(raw, "length", None) != size:
+        return None
+    kind = "i" if int(ds.get("PixelRepresentation", 0) or 0) == 1 else "u"
+    return offset, f"<{kind}{int(ds.BitsAllocated) // 8}"
+
+
 def _make_frame(common, frame, iop, ipp, spacing, slope, intercept, time_key) -> Frame | None:
     iop = _floats(iop, 6) if iop is not None else None
     ipp = _floats(ipp, 3) if ipp is not None else None
@@ -194,9 +222,26 @@ def _make_frame(common, frame, iop, ipp, spacing, slope, intercept, time_key) ->
                  time_key=time_key, **common)
 
 
+#: The only elements the converter reads; parsing skips the values of all others.
+HEADER_TAGS = [
+    "SOPClassUID", "SeriesInstanceUID", "Modality", "SeriesDescription", "Rows", "Columns",
+    "SamplesPerPixel", "NumberOfFrames", "InstanceNumber", "ImageOrientationPatient",
+    "ImagePositionPatient", "PixelSpacing", "RescaleSlope", "RescaleIntercept",
+    "TemporalPositionIdentifier", "AcquisitionNumber", "TriggerTime", "AcquisitionTime",
+    "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation",
+    "PhotometricInterpretation", "PlanarConfiguration", "PixelData",
+    "PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence",
+]
+
+
 def _read_header(src: Source):
-    """The dataset of one file with its pixel data left unread, or None if not DICOM."""
-    kwargs = {"defer_size": "64 KB"} if src.path is not None else {}
+    """The dataset of one file with its pixel data left unread, or None if not DICOM.
+
+    Only HEADER_TAGS are kept (and pixel data are deferred) for files on disk; archive
+    members are parsed whole, since their bytes are in memory anyway.
+    """
+    kwargs = ({"defer_size": "64 KB", "specific_tags": HEADER_TAGS} if src.path is not None
+              else {})
     ds = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -206,7 +251,7 @@ def _read_header(src: Source):
                 break
             except InvalidDicomError:
                 continue
-            except Exception:  # noqa: BLE001 - any parse failure means "not readable DICOM"
+            except Exception:
                 return None
     # A corrupt file can parse into a few stray elements: keep only what has an identity.
     if ds is None or ("SOPClassUID" not in ds and "Rows" not in ds):
@@ -216,10 +261,9 @@ def _read_header(src: Source):
 
 def scan(sources: Sequence[Source]) -> Scan:
     """Read the headers of every source; count files that are not DICOM or not images."""
-    result = Scan(sources=list(sources), frames=[])
-    workers = min(8, (os.cpu_count() or 1) * 2)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        datasets = list(pool.map(_read_header, sources))
+    # Sequential: header parsing holds the GIL, so threads only add contention.
+    datasets = [_read_header(src) for src in sources]
+    result = Scan(sources=list(sources), frames=[], datasets=datasets)
     for index, ds in enumerate(datasets):
         if ds is None:
             result.not_dicom += 1
@@ -371,7 +415,7 @@ def decode_series(found: Scan, stack: SeriesStack, time_point: int = 0) -> Decod
     def work(item: tuple[int, list[tuple[int, Frame]]]) -> None:
         nonlocal out
         source, members = item
-        array = _pixels(found.sources[source], members[0][1])
+        array = _pixels(found.sources[source], found.datasets[source], members[0][1])
         if out is None:
             out = np.empty(shape, dtype=array.dtype)
         for k, fr in members:
@@ -391,15 +435,25 @@ def decode_series(found: Scan, stack: SeriesStack, time_point: int = 0) -> Decod
                          notes)
 
 
-def _pixels(src: Source, frame: Frame) -> np.ndarray:
+def _pixels(src: Source, ds, frame: Frame) -> np.ndarray:
     """Decode one file's pixel data, turning decoder failures into a clear DecodeError."""
+    if frame.raw is not None and src.path is not None:
+        offset, dtype = frame.raw
+        array = np.fromfile(src.path, dtype=dtype, count=frame.rows * frame.cols, offset=offset)
+        if array.size == frame.rows * frame.cols:
+            return array.reshape(frame.rows, frame.cols)
+        raise DecodeError("a file of the series is truncated: its pixel data is shorter "
+                          "than its header says")
     name = pydicom.uid.UID(frame.transfer_syntax).name if frame.transfer_syntax else "unknown"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(src.open(), force=True)
+            if ds is None:
+                ds = pydicom.dcmread(src.open(), force=True)
             _infer_transfer_syntax(ds)
-            return ds.pixel_array
+            array = ds.pixel_array
+            del ds.PixelData  # the array is copied into the volume; free the bytes now
+            return array
     except NotImplementedError as exc:
         raise DecodeError(f"the series uses the transfer syntax '{name}', which this "
                           "installation cannot decode") from exc

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import FileMetaDataset
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 #: Patient data planted in every synthetic file; tests check it never leaks.
@@ -16,7 +15,7 @@ PATIENT_ID = "PID-8675309"
 
 def lps_grid(shape_kji, row_dir, col_dir, spacing_ij, origins) -> np.ndarray:
     """(K, J, I, 3) LPS mm position of every voxel centre."""
-    k, j, i = shape_kji
+    _k, j, i = shape_kji
     row_dir = np.asarray(row_dir, float)
     col_dir = np.asarray(col_dir, float)
     origins = np.asarray(origins, float)

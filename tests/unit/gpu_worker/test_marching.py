@@ -29,7 +29,7 @@ def edge_ids(mesh, shape) -> np.ndarray:
     frac = v - np.floor(v)
     axis = np.argmax(frac, axis=1)
     owner = np.floor(v).astype(np.int64) + 1  # padded index
-    nk, nj, ni = shape
+    _nk, nj, ni = shape
     i, j, k = owner[:, 0], owner[:, 1], owner[:, 2]
     return ((k * (nj + 3) + j) * (ni + 3) + i) * 3 + axis
 

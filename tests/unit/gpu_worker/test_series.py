@@ -171,7 +171,7 @@ def test_cut_jpeg2000_pixel_data_is_a_decode_error(shared_dicom, tmp_path):
 
 
 def test_enhanced_multiframe_uses_functional_groups(shared_dicom):
-    decoded, stacks, _ = load(shared_dicom / "mr-enhanced-sag")
+    decoded, _stacks, _ = load(shared_dicom / "mr-enhanced-sag")
     assert decoded.pixels.shape == (63, 86, 86)
     g = decoded.geometry
     np.testing.assert_allclose(g.row_dir, [0, 1, 0])

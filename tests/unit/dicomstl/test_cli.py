@@ -1,0 +1,80 @@
+"""The dicomstl command as a user runs it: output, exit codes, and no patient data anywhere."""
+
+import json
+import logging
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dicomstl.cli import main
+from tests.dicom_factory import PATIENT_ID, PATIENT_NAME, lps_grid, sphere_hu, write_series
+
+SECRETS = [PATIENT_NAME, PATIENT_ID, "DOE", "8675309"]
+
+
+@pytest.fixture
+def series(tmp_path):
+    shape = (16, 24, 24)
+    origins = [[0, 0, float(z)] for z in range(shape[0])]
+    grid = lps_grid(shape, (1, 0, 0), (0, 1, 0), (1, 1), origins)
+    folder = tmp_path / "DOE_JANE_SECRET"
+    write_series(folder, sphere_hu(grid, (12, 12, 8), 6, 1), origins=origins)
+    return folder
+
+
+def test_convert_writes_model_report_and_prints_the_summary(series, tmp_path, capsys, caplog):
+    caplog.set_level(logging.DEBUG)
+    out, report = tmp_path / "model.stl", tmp_path / "report.json"
+    code = main(["convert", str(series), "-o", str(out), "--level", "0", "--report",
+                 str(report), "--quiet"])
+    printed = capsys.readouterr()
+    assert code == 0
+    assert "watertight yes" in printed.out and "triangles" in printed.out
+    data = json.loads(report.read_text())
+    assert data["mesh"]["watertight"] and data["mesh"]["parts"] == 1
+    assert data["mesh"]["volume_cm3"] == pytest.approx(4 / 3 * np.pi * 6**3 / 1000, rel=0.02)
+    assert set(data["timings_s"]) >= {"read", "decode", "surface", "write"}
+    everything = (printed.out + printed.err + caplog.text + report.read_text()).upper()
+    stl_header = out.read_bytes()[:80].upper()
+    for secret in SECRETS:
+        assert secret.upper() not in everything
+        assert secret.upper().encode() not in stl_header
+    assert out.read_bytes().upper().find(b"DOE^JANE") == -1
+
+
+def test_inspect_lists_series_without_patient_data(series, capsys):
+    assert main(["inspect", str(series), "--json"]) == 0
+    text = capsys.readouterr().out
+    listing = json.loads(text)
+    assert listing["series"][0]["slices"] == 16 and listing["series"][0]["usable"]
+    for secret in SECRETS:
+        assert secret not in text
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--keep", "most"], "--keep takes"),
+    (["--decimate", "1.5"], "--decimate takes"),
+    (["--preset", "bone", "--series", "1.2.3"], "not in the input"),
+    (["--time-point", "3"], "time point 3 is out of range"),
+    (["--level", "5000"], "no voxel reaches the threshold"),
+    (["--backend", "gpu"], "--backend gpu is not available"),
+])
+def test_bad_options_give_clear_errors_and_exit_2(series, tmp_path, capsys, args, message):
+    code = main(["convert", str(series), "-o", str(tmp_path / "m.stl"), "--quiet", *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err.replace("\n", " ")
+    assert "Traceback" not in err
+    assert not (tmp_path / "m.stl").exists()
+
+
+def test_console_script_runs_in_a_fresh_process(series, tmp_path):
+    out = tmp_path / "m.3mf"
+    run = subprocess.run([sys.executable, "-m", "dicomstl.cli", "convert", str(series), "-o",
+                          str(out), "--level", "0", "--keep", "largest", "--mesh-smooth", "5"],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert out.read_bytes()[:2] == b"PK"
+    assert "surface" in run.stderr  # the per-stage progress bars
