@@ -93,53 +93,71 @@ def _inside_mask(vol, level, mask, first, last):  # pragma: no cover - compiled
             last[a + 1, b + 1] = hi
 
 
+def _column_tables(ntri: np.ndarray) -> dict[str, np.ndarray]:
+    """Lookups indexed by two column codes (q0 << 4 | q1).
+
+    A cube row (a, b) sees four mask rows; column code q(c) packs their values at column c:
+    bit 0 = (a, b), bit 1 = (a, b+1), bit 2 = (a+1, b), bit 3 = (a+1, b+1). Two neighbouring
+    codes fix the cube's case and the edges owned by voxel (a, b, c).
+    """
+    case = np.zeros(256, dtype=np.uint8)
+    bits = np.zeros(256, dtype=np.uint8)
+    for q0 in range(16):
+        for q1 in range(16):
+            b = [(q0 >> n) & 1 for n in range(4)]
+            n = [(q1 >> m) & 1 for m in range(4)]
+            inside = (b[0] | n[0] << 1 | n[1] << 2 | b[1] << 3 | b[2] << 4 | n[2] << 5
+                      | n[3] << 6 | b[3] << 7)
+            case[q0 << 4 | q1] = 255 ^ inside
+            bits[q0 << 4 | q1] = (b[0] != n[0]) | (b[0] != b[1]) << 1 | (b[0] != b[2]) << 2
+    return {"case": case, "ntri": ntri[case].astype(np.uint8), "bits": bits}
+
+
+TABLES.update({f"col_{k}": v for k, v in _column_tables(TABLES["ntri"]).items()})
+
+
 @numba.njit(inline="always")
-def _span(first, last, a, b, da, db):  # pragma: no cover - compiled
-    """Union of the spans of mask rows (a .. a+da, b .. b+db); hi < 0 when all are empty."""
-    lo = first[a, b]
-    hi = last[a, b]
-    for x in range(da + 1):
-        for y in range(db + 1):
-            if first[a + x, b + y] < lo:
-                lo = first[a + x, b + y]
-            if last[a + x, b + y] > hi:
-                hi = last[a + x, b + y]
+def _span(first, last, a, b):  # pragma: no cover - compiled
+    """Union of the spans of mask rows (a, b), (a, b+1), (a+1, b), (a+1, b+1)."""
+    lo = min(min(first[a, b], first[a, b + 1]), min(first[a + 1, b], first[a + 1, b + 1]))
+    hi = max(max(last[a, b], last[a, b + 1]), max(last[a + 1, b], last[a + 1, b + 1]))
     return lo, hi
 
 
 @numba.njit(inline="always")
-def _edge_bits(mask, a, b, c):  # pragma: no cover - compiled
-    """Bits x=1, y=2, z=4 for the cut edges owned by padded voxel (a, b, c)."""
-    m = mask[a, b, c]
-    return ((m != mask[a, b, c + 1]) * 1 + (m != mask[a, b + 1, c]) * 2
-            + (m != mask[a + 1, b, c]) * 4)
-
-
-@numba.njit(inline="always")
-def _case(mask, a, b, c):  # pragma: no cover - compiled
-    """Classic case index of the cube whose first corner is padded voxel (a, b, c)."""
-    inside = (mask[a, b, c] | (mask[a, b, c + 1] << 1) | (mask[a, b + 1, c + 1] << 2)
-              | (mask[a, b + 1, c] << 3) | (mask[a + 1, b, c] << 4)
-              | (mask[a + 1, b, c + 1] << 5) | (mask[a + 1, b + 1, c + 1] << 6)
-              | (mask[a + 1, b + 1, c] << 7))
-    return 255 ^ inside
+def _code(mask, a, b, c):  # pragma: no cover - compiled
+    return (mask[a, b, c] | (mask[a, b + 1, c] << 1) | (mask[a + 1, b, c] << 2)
+            | (mask[a + 1, b + 1, c] << 3))
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _count(mask, first, last, ntri, nvert_row, ntri_row):  # pragma: no cover - compiled
-    """Per padded row (a, b): cut edges it owns and triangles of the cubes it starts."""
+def _count(mask, first, last, lut_ntri, lut_bits, edges, efirst, elast, nvert_row,
+           ntri_row):  # pragma: no cover - compiled
+    """Per padded row (a, b): cut edges it owns (stored in ``edges``, bits x=1, y=2, z=4,
+    with their span in efirst/elast) and triangles of the cubes it starts."""
     na, nb = nvert_row.shape
     ni = mask.shape[2] - 3
     for a in numba.prange(na):
         for b in range(nb):
-            lo, hi = _span(first, last, a, b, 1, 1)
+            lo, hi = _span(first, last, a, b)
             if hi < 0:
                 continue
+            c0 = max(lo - 1, 0)
+            q0 = _code(mask, a, b, c0)
             nv = 0
             nt = 0
-            for c in range(max(lo - 1, 0), min(hi, ni) + 1):
-                nv += _POPCOUNT3[_edge_bits(mask, a, b, c)]
-                nt += ntri[_case(mask, a, b, c)]
+            for c in range(c0, min(hi, ni) + 1):
+                q1 = _code(mask, a, b, c + 1)
+                key = (q0 << 4) | q1
+                bits = lut_bits[key]
+                if bits:
+                    edges[a, b, c] = bits
+                    nv += _POPCOUNT3[bits]
+                    if efirst[a, b] > c:
+                        efirst[a, b] = c
+                    elast[a, b] = c
+                nt += lut_ntri[key]
+                q0 = q1
             nvert_row[a, b] = nv
             ntri_row[a, b] = nt
 
@@ -155,8 +173,8 @@ def _edge_t(v0, v1, level, owner_inside_volume, other_inside_volume):  # pragma:
 
 
 @numba.njit(parallel=True, cache=True, nogil=True)
-def _generate(vol, level, mask, first, last, tri, ntri, edge_row, edge_dx, edge_axis,
-              vert_base, tri_base, ntri_row, verts, faces):  # pragma: no cover - compiled
+def _generate(vol, level, mask, edges, efirst, elast, lut_case, tri, ntri, edge_row, edge_dx,
+              edge_axis, vert_base, tri_base, ntri_row, verts, faces):  # pragma: no cover
     na, nb = vert_base.shape
     nk, nj, ni = vol.shape
     for a in numba.prange(na):
@@ -168,55 +186,55 @@ def _generate(vol, level, mask, first, last, tri, ntri, edge_row, edge_dx, edge_
         for b in range(nb):
             j = b - 1
             # Vertices of the edges owned by row (a, b).
-            lo, hi = _span(first, last, a, b, 1, 1)
-            if hi >= 0:
-                out = vert_base[a, b]
-                for c in range(max(lo - 1, 0), min(hi, ni) + 1):
-                    bits = _edge_bits(mask, a, b, c)
-                    if bits == 0:
-                        continue
-                    i = c - 1
-                    own = 0 <= k < nk and 0 <= j < nj and 0 <= i < ni
-                    v0 = vol[k, j, i] if own else 0.0
-                    if bits & 1:
-                        ok = i + 1 < ni
-                        t = _edge_t(v0, vol[k, j, i + 1] if ok and own else 0.0, level, own, ok)
-                        verts[out, 0] = i + t
-                        verts[out, 1] = j
-                        verts[out, 2] = k
-                        out += 1
-                    if bits & 2:
-                        ok = j + 1 < nj
-                        t = _edge_t(v0, vol[k, j + 1, i] if ok and own else 0.0, level, own, ok)
-                        verts[out, 0] = i
-                        verts[out, 1] = j + t
-                        verts[out, 2] = k
-                        out += 1
-                    if bits & 4:
-                        ok = k + 1 < nk
-                        t = _edge_t(v0, vol[k + 1, j, i] if ok and own else 0.0, level, own, ok)
-                        verts[out, 0] = i
-                        verts[out, 1] = j
-                        verts[out, 2] = k + t
-                        out += 1
+            out = vert_base[a, b]
+            for c in range(efirst[a, b], elast[a, b] + 1):
+                bits = edges[a, b, c]
+                if bits == 0:
+                    continue
+                i = c - 1
+                own = 0 <= k < nk and 0 <= j < nj and 0 <= i < ni
+                v0 = vol[k, j, i] if own else 0.0
+                if bits & 1:
+                    ok = i + 1 < ni
+                    t = _edge_t(v0, vol[k, j, i + 1] if ok and own else 0.0, level, own, ok)
+                    verts[out, 0] = i + t
+                    verts[out, 1] = j
+                    verts[out, 2] = k
+                    out += 1
+                if bits & 2:
+                    ok = j + 1 < nj
+                    t = _edge_t(v0, vol[k, j + 1, i] if ok and own else 0.0, level, own, ok)
+                    verts[out, 0] = i
+                    verts[out, 1] = j + t
+                    verts[out, 2] = k
+                    out += 1
+                if bits & 4:
+                    ok = k + 1 < nk
+                    t = _edge_t(v0, vol[k + 1, j, i] if ok and own else 0.0, level, own, ok)
+                    verts[out, 0] = i
+                    verts[out, 1] = j
+                    verts[out, 2] = k + t
+                    out += 1
             # Triangles of the cubes whose first corner is in row (a, b). Their edges belong to
             # owner rows (a, b), (a, b+1), (a+1, b), (a+1, b+1); a running count per row gives
             # each owner's first vertex index.
             if ntri_row[a, b] == 0:
                 continue
-            lo, hi = _span(first, last, a, b, 2, 2)
+            lo, hi = _span(efirst, elast, a, b)
             c0 = max(lo - 1, 0)
-            c1 = min(hi, ni)
             for r in range(4):
-                row_base[r] = vert_base[a + (r >> 1), b + (r & 1)] if (
-                    a + (r >> 1) < na and b + (r & 1) < nb) else 0
+                ra = a + (r >> 1)
+                rb = b + (r & 1)
+                row_base[r] = vert_base[ra, rb] if ra < na and rb < nb else 0
                 count[r] = 0
-                bits0[r] = _edge_bits(mask, a + (r >> 1), b + (r & 1), c0)
+                bits0[r] = edges[ra, rb, c0]
             out = tri_base[a, b]
-            for c in range(c0, c1 + 1):
+            q0 = _code(mask, a, b, c0)
+            for c in range(c0, min(hi, ni) + 1):
+                q1 = _code(mask, a, b, c + 1)
                 for r in range(4):
-                    bits1[r] = _edge_bits(mask, a + (r >> 1), b + (r & 1), c + 1)
-                case = _case(mask, a, b, c)
+                    bits1[r] = edges[a + (r >> 1), b + (r & 1), c + 1]
+                case = lut_case[(q0 << 4) | q1]
                 n = ntri[case]
                 for s in range(3 * n):
                     e = tri[case, s]
@@ -233,6 +251,7 @@ def _generate(vol, level, mask, first, last, tri, ntri, edge_row, edge_dx, edge_
                 for r in range(4):
                     count[r] += _POPCOUNT3[bits0[r]]
                     bits0[r] = bits1[r]
+                q0 = q1
 
 
 def effective_level(volume: np.ndarray, level: float) -> float:
@@ -278,9 +297,15 @@ def marching_cubes(volume: np.ndarray, level: float) -> IndexMesh:
     last = np.full((nk + 3, nj + 3), -1, dtype=np.int64)
     _inside_mask(volume, level, mask, first, last)
     t = TABLES
+    # Owned cut edges per padded voxel, and each owner row's span of them; one extra row and
+    # column of zeros so the triangle pass reads (a+1, b+1, c+1) without a check.
+    edges = np.zeros((nk + 2, nj + 2, ni + 2), dtype=np.uint8)
+    efirst = np.full((nk + 2, nj + 2), ni + 2, dtype=np.int64)
+    elast = np.full((nk + 2, nj + 2), -1, dtype=np.int64)
     nvert_row = np.zeros((nk + 1, nj + 1), dtype=np.int64)
     ntri_row = np.zeros((nk + 1, nj + 1), dtype=np.int64)
-    _count(mask, first, last, t["ntri"], nvert_row, ntri_row)
+    _count(mask, first, last, t["col_ntri"], t["col_bits"], edges, efirst, elast, nvert_row,
+           ntri_row)
     vert_base = np.zeros_like(nvert_row)
     tri_base = np.zeros_like(ntri_row)
     np.cumsum(nvert_row.ravel()[:-1], out=vert_base.ravel()[1:])
@@ -291,6 +316,7 @@ def marching_cubes(volume: np.ndarray, level: float) -> IndexMesh:
         raise ValueError("surface too large: more than 2^31 vertices")
     verts = np.empty((n_verts, 3), dtype=np.float32)
     faces = np.empty((n_tris, 3), dtype=np.int32)
-    _generate(volume, level, mask, first, last, t["tri"], t["ntri"], t["edge_row"],
-              t["edge_dx"], t["edge_axis"], vert_base, tri_base, ntri_row, verts, faces)
+    _generate(volume, level, mask, edges, efirst, elast, t["col_case"], t["tri"], t["ntri"],
+              t["edge_row"], t["edge_dx"], t["edge_axis"], vert_base, tri_base, ntri_row,
+              verts, faces)
     return IndexMesh(verts, faces)
