@@ -10,6 +10,7 @@ import logging
 from dataclasses import asdict, dataclass
 
 import fast_simplification
+import numba
 import numpy as np
 import pymeshlab
 from scipy import sparse
@@ -43,52 +44,78 @@ class Topology:
 
 
 def topology(mesh: Mesh) -> Topology:
-    """Edge-based checks of a mesh (vectorised; about 1 s for 5 million triangles)."""
+    """Edge-based checks of a mesh (vectorised; about 0.6 s for 5 million triangles).
+
+    A closed, consistently oriented mesh has each edge once as (lo, hi) and once as (hi, lo):
+    the sorted forward half-edges equal the sorted backward ones and hold no duplicates. Only
+    when that fails are the open and non-manifold edges counted.
+    """
     faces = mesh.faces.astype(np.int64)
     nv = len(mesh.vertices)
     if len(faces) == 0:
         return Topology(False, False, 0, 0, 0)
     directed = np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
-    lo = directed.min(axis=1)
-    hi = directed.max(axis=1)
-    undirected = lo * nv + hi
-    keys, counts = np.unique(undirected, return_counts=True)
-    boundary = int((counts == 1).sum())
-    non_manifold = int((counts > 2).sum())
-    closed = boundary == 0 and non_manifold == 0
-    oriented = False
-    if closed:
-        # Each undirected edge appears twice; oriented when once as (lo, hi), once as (hi, lo).
-        forward = directed[:, 0] < directed[:, 1]
-        fwd_count = np.bincount(np.searchsorted(keys, undirected[forward]), minlength=len(keys))
-        oriented = bool((fwd_count == 1).all())
+    forward = directed[:, 0] < directed[:, 1]
+    lo = np.minimum(directed[:, 0], directed[:, 1])
+    hi = np.maximum(directed[:, 0], directed[:, 1])
+    keys = lo * nv + hi
+    fwd = np.sort(keys[forward])
+    bwd = np.sort(keys[~forward])
+    watertight = (len(fwd) == len(bwd) and bool((fwd == bwd).all())
+                  and bool((np.diff(fwd) > 0).all()))
+    if watertight:
+        closed = oriented = True
+        boundary = non_manifold = 0
+    else:
+        _, counts = np.unique(keys, return_counts=True)
+        boundary = int((counts == 1).sum())
+        non_manifold = int((counts > 2).sum())
+        closed = boundary == 0 and non_manifold == 0
+        oriented = False
     adjacency = sparse.coo_matrix(
-        (np.ones(len(directed), dtype=np.int8), (directed[:, 0], directed[:, 1])),
-        shape=(nv, nv))
-    _n_comp, labels = connected_components(adjacency, directed=False)
+        (np.ones(len(fwd) if watertight else len(keys), dtype=np.int8),
+         (fwd // nv, fwd % nv) if watertight else (lo, hi)), shape=(nv, nv))
+    _, labels = connected_components(adjacency, directed=False)
     used = np.zeros(nv, dtype=bool)
     used[faces.ravel()] = True
     parts = len(np.unique(labels[used]))
     return Topology(closed, oriented, parts, boundary, non_manifold)
 
 
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _area_and_volume(vertices, faces, centre):  # pragma: no cover - compiled
+    area = 0.0
+    volume = 0.0
+    for t in numba.prange(faces.shape[0]):
+        a = vertices[faces[t, 0]].astype(np.float64) - centre
+        b = vertices[faces[t, 1]].astype(np.float64) - centre
+        c = vertices[faces[t, 2]].astype(np.float64) - centre
+        ux, uy, uz = b[0] - a[0], b[1] - a[1], b[2] - a[2]
+        vx, vy, vz = c[0] - a[0], c[1] - a[1], c[2] - a[2]
+        nx, ny, nz = uy * vz - uz * vy, uz * vx - ux * vz, ux * vy - uy * vx
+        area += 0.5 * np.sqrt(nx * nx + ny * ny + nz * nz)
+        volume += (a[0] * (b[1] * c[2] - b[2] * c[1]) + a[1] * (b[2] * c[0] - b[0] * c[2])
+                   + a[2] * (b[0] * c[1] - b[1] * c[0])) / 6.0
+    return area, volume
+
+
+def _measures(mesh: Mesh) -> tuple[float, float]:
+    if len(mesh.faces) == 0:
+        return 0.0, 0.0
+    # Relative to the centroid, to keep the float64 sums well conditioned.
+    centre = mesh.vertices.mean(axis=0, dtype=np.float64)
+    return _area_and_volume(np.ascontiguousarray(mesh.vertices),
+                            np.ascontiguousarray(mesh.faces), centre)
+
+
 def surface_area_mm2(mesh: Mesh) -> float:
     """Total triangle area, mm^2."""
-    v = mesh.vertices.astype(np.float64)
-    f = mesh.faces
-    cross = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
-    return float(np.linalg.norm(cross, axis=1).sum() / 2.0)
+    return float(_measures(mesh)[0])
 
 
 def enclosed_volume_mm3(mesh: Mesh) -> float:
     """Signed enclosed volume (divergence theorem), mm^3; positive for outward normals."""
-    v = mesh.vertices.astype(np.float64)
-    f = mesh.faces
-    a, b, c = v[f[:, 0]], v[f[:, 1]], v[f[:, 2]]
-    # Relative to the centroid, to keep the float64 sums well conditioned.
-    centre = v.mean(axis=0) if len(v) else np.zeros(3)
-    a, b, c = a - centre, b - centre, c - centre
-    return float(np.einsum("ij,ij->i", a, np.cross(b, c)).sum() / 6.0)
+    return float(_measures(mesh)[1])
 
 
 def decimate(mesh: Mesh, ratio: float | None = None, max_triangles: int | None = None
@@ -175,12 +202,12 @@ class MeshReport:
 def report(mesh: Mesh) -> MeshReport:
     """Triangles, vertices, area (mm^2), enclosed volume (cm^3), bounding box (mm), parts."""
     topo = topology(mesh)
+    area, volume = _measures(mesh)
     lo = mesh.vertices.min(axis=0).astype(float) if len(mesh.vertices) else np.zeros(3)
     hi = mesh.vertices.max(axis=0).astype(float) if len(mesh.vertices) else np.zeros(3)
     return MeshReport(
         triangles=len(mesh.faces), vertices=len(mesh.vertices),
-        surface_area_mm2=round(surface_area_mm2(mesh), 3),
-        volume_cm3=round(enclosed_volume_mm3(mesh) / 1000.0, 4),
+        surface_area_mm2=round(float(area), 3), volume_cm3=round(float(volume) / 1000.0, 4),
         bbox_min_mm=tuple(round(x, 3) for x in lo), bbox_max_mm=tuple(round(x, 3) for x in hi),
         size_mm=tuple(round(x, 3) for x in hi - lo), parts=topo.parts,
         watertight=topo.watertight, boundary_edges=topo.boundary_edges,

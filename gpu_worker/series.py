@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 
 from dicomstl.errors import (
     DecodeError,
@@ -116,6 +117,27 @@ def _floats(value, n: int) -> tuple[float, ...] | None:
     return out if len(out) == n else None
 
 
+def _raw_numbers(ds, keyword: str):
+    """A DS/IS element's numbers, parsed from its raw bytes when still unconverted.
+
+    pydicom's own conversion validates each value through DSfloat, which costs more than the
+    rest of a header read; plain float() on the bytes gives the same numbers.
+    """
+    if keyword not in ds:
+        return None
+    element = ds.get_item(keyword)
+    raw = getattr(element, "value", None)
+    if isinstance(raw, bytes):
+        try:
+            return [float(x) for x in raw.split(b"\\") if x.strip()]
+        except ValueError:
+            pass
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    return list(value) if isinstance(value, MultiValue | list | tuple) else [value]
+
+
 def _functional_item(ds, index: int, name: str):
     """First item of a functional-group sequence for one frame, per-frame before shared."""
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
@@ -169,9 +191,12 @@ def _frames_of(ds, source: int) -> list[Frame]:
         return frames
     if n_frames != 1:
         return []  # a legacy multi-frame without plane geometry: not a volume we can place
+    slope = _raw_numbers(ds, "RescaleSlope")
+    intercept = _raw_numbers(ds, "RescaleIntercept")
     frame = _make_frame(
-        common, None, ds.get("ImageOrientationPatient"), ds.get("ImagePositionPatient"),
-        ds.get("PixelSpacing"), ds.get("RescaleSlope"), ds.get("RescaleIntercept"),
+        common, None, _raw_numbers(ds, "ImageOrientationPatient"),
+        _raw_numbers(ds, "ImagePositionPatient"), _raw_numbers(ds, "PixelSpacing"),
+        slope[0] if slope else None, intercept[0] if intercept else None,
         (int(ds.get("TemporalPositionIdentifier") or 0), int(ds.get("AcquisitionNumber") or 0),
          float(ds.get("TriggerTime") or 0.0), str(ds.get("AcquisitionTime") or ""), instance))
     return [frame] if frame else []
