@@ -136,7 +136,7 @@ def _count(mask, first, last, lut_ntri, lut_bits, edges, efirst, elast, nvert_ro
     """Per padded row (a, b): cut edges it owns (stored in ``edges``, bits x=1, y=2, z=4,
     with their span in efirst/elast) and triangles of the cubes it starts."""
     na, nb = nvert_row.shape
-    ni = mask.shape[2] - 3
+    ni = mask.shape[2] - 2
     for a in numba.prange(na):
         for b in range(nb):
             lo, hi = _span(first, last, a, b)
@@ -289,12 +289,12 @@ def marching_cubes(volume: np.ndarray, level: float) -> IndexMesh:
     # float32 level. Integer data compare exactly against the float64 level.
     level = volume.dtype.type(level) if volume.dtype.kind == "f" else float(level)
     nk, nj, ni = volume.shape
-    # Padded mask: one outside voxel before each axis and two after, so the kernels never
-    # need a bounds check when they look at the +1 and +2 neighbours of an owner.
-    mask = np.zeros((nk + 3, nj + 3, ni + 3), dtype=np.uint8)
+    # Padded mask: one outside voxel before and after each axis, so the kernels never need a
+    # bounds check when they look at the +1 neighbours of a cube's first corner.
+    mask = np.zeros((nk + 2, nj + 2, ni + 2), dtype=np.uint8)
     # Span of ones per mask row; empty rows have first > last.
-    first = np.full((nk + 3, nj + 3), ni + 3, dtype=np.int64)
-    last = np.full((nk + 3, nj + 3), -1, dtype=np.int64)
+    first = np.full((nk + 2, nj + 2), ni + 2, dtype=np.int64)
+    last = np.full((nk + 2, nj + 2), -1, dtype=np.int64)
     _inside_mask(volume, level, mask, first, last)
     t = TABLES
     # Owned cut edges per padded voxel, and each owner row's span of them; one extra row and

@@ -8,7 +8,6 @@ strings them together, times them and reports progress.
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -27,8 +26,6 @@ from gpu_worker.marching import effective_level, marching_cubes
 from gpu_worker.presets import PRESETS
 from gpu_worker.sources import collect_sources
 from gpu_worker.stl import FORMATS, write_mesh
-
-log = logging.getLogger(__name__)
 
 STAGES = ("read", "decode", "volume", "smooth", "islands", "surface", "decimate",
           "mesh-smooth", "check", "write")
@@ -201,8 +198,6 @@ def convert(inputs: Sequence[str | os.PathLike], output: str | os.PathLike,
     with timer.stage("write"):
         out = Path(output)
         written = write_mesh(mesh, out, options.format)
-    for note in warnings:
-        log.warning("%s", note)
     return Result(output=out, bytes_written=written, report=report, series=stack.summary(),
                   level=level, level_source=level_source, backend=backend,
                   shape=tuple(volume.data.shape), timings_s=timer.timings, warnings=warnings)

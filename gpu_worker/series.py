@@ -443,6 +443,11 @@ def decode_series(found: Scan, stack: SeriesStack, time_point: int = 0) -> Decod
         array = _pixels(found.sources[source], found.datasets[source], members[0][1])
         if out is None:
             out = np.empty(shape, dtype=array.dtype)
+        if out is not None and not np.can_cast(array.dtype, out.dtype) and array.size and (
+                array.min() < np.iinfo(out.dtype).min or array.max() > np.iinfo(out.dtype).max):
+            # e.g. one slice signed, another unsigned: copying would silently wrap values
+            raise DecodeError("the slices of the series store their pixels in different "
+                              f"formats ({array.dtype} and {out.dtype}); cannot stack them")
         for k, fr in members:
             plane = array[fr.frame] if fr.frame is not None and array.ndim == 3 else array
             if plane.shape != shape[1:]:

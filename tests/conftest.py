@@ -1,4 +1,4 @@
-"""Shared fixtures: the real DICOM data beside the checkout, mesh checks, artefacts."""
+"""Shared fixtures: the real DICOM data beside the checkout, and external tools."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DICOM = ROOT.parent / "shared" / "data" / "dicom"
-ARTIFACTS = ROOT / "tests" / "artifacts"
 
 #: Real series and a sensible level for each (from the data's MANIFEST.md).
 REAL_SERIES = {
@@ -31,13 +30,6 @@ def shared_dicom() -> Path:
             pytest.fail(message + " (CI must run the real-data tests)")
         pytest.skip(message)
     return SHARED_DICOM
-
-
-@pytest.fixture(scope="session")
-def artifacts() -> Path:
-    """A folder kept after the run (screenshots, sample models)."""
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    return ARTIFACTS
 
 
 def require_tool(name: str) -> str:

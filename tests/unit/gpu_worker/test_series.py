@@ -192,3 +192,23 @@ def test_real_session_picks_the_axial_series_and_lists_the_rest(shared_dicom):
     assert decoded.pixels.shape == (28, 512, 512)
     assert decoded.description == "STD BRAIN 5MM"
     assert len(stacks) >= 3 and sum(s.usable for s in stacks) == 1
+
+
+def test_unsupported_transfer_syntax_is_named_in_the_error(tmp_path):
+    for z in range(2):
+        ds = pydicom.dcmread(get_testdata_file("MR_small_jp2klossless.dcm"))
+        ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"  # MPEG-2: no decoder
+        ds.ImagePositionPatient = [0, 0, z]
+        ds.save_as(tmp_path / f"s{z}")
+    with pytest.raises(DecodeError, match=r"'MPEG2 Main Profile / Main Level'.*cannot decode"):
+        load(tmp_path)
+
+
+def test_slices_whose_values_do_not_fit_one_format_are_an_error(tmp_path):
+    paths = write_series(tmp_path, ramp(), intercept=0)
+    ds = pydicom.dcmread(paths[0])
+    ds.PixelRepresentation = 0  # unsigned ...
+    ds.PixelData = (np.full((5, 4), 60000, dtype=np.uint16)).tobytes()  # ... beyond int16
+    ds.save_as(paths[0])
+    with pytest.raises(DecodeError, match="different formats"):
+        load(tmp_path)
