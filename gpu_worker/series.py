@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 
 #: A gap larger than this many times the median slice spacing is reported.
 GAP_FACTOR = 1.5
+#: Direction cosines closer than this belong to one orientation.
+ORIENTATION_TOLERANCE = 1e-3
 #: Positions closer than this along the normal (mm) are the same slice position.
 POSITION_TOLERANCE_MM = 1e-3
 
@@ -304,17 +306,24 @@ def scan(sources: Sequence[Source]) -> Scan:
 
 
 def find_series(found: Scan) -> list[SeriesStack]:
-    """Group frames into stacks: by series, then by orientation and size."""
-    groups: dict[tuple, list[Frame]] = defaultdict(list)
+    """Group frames into stacks: by series, then by orientation and size.
+
+    Orientations are compared with a tolerance (ORIENTATION_TOLERANCE on each direction
+    cosine), not by rounding, so scanner noise in the last digits never splits a series.
+    """
+    per_series: dict[str, list[tuple[np.ndarray, int, int, list[Frame]]]] = defaultdict(list)
     for fr in found.frames:
-        key = (fr.series_uid, tuple(np.round(fr.row_dir + fr.col_dir, 3)), fr.rows, fr.cols)
-        groups[key].append(fr)
-    per_series: dict[str, list[list[Frame]]] = defaultdict(list)
-    for (uid, *_), frames in groups.items():
-        per_series[uid].append(frames)
+        cosines = np.array(fr.row_dir + fr.col_dir)
+        for ref, rows, cols, members in per_series[fr.series_uid]:
+            if (rows, cols) == (fr.rows, fr.cols) and (
+                    np.abs(ref - cosines).max() <= ORIENTATION_TOLERANCE):
+                members.append(fr)
+                break
+        else:
+            per_series[fr.series_uid].append((cosines, fr.rows, fr.cols, [fr]))
     stacks = []
-    for uid, parts in per_series.items():
-        parts.sort(key=len, reverse=True)
+    for uid, groups in per_series.items():
+        parts = sorted((members for *_, members in groups), key=len, reverse=True)
         for n, frames in enumerate(parts):
             stacks.append(_make_stack(uid if len(parts) == 1 else f"{uid}#{n + 1}", frames))
     stacks.sort(key=lambda s: (not s.usable, -s.voxels))

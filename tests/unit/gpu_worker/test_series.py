@@ -212,3 +212,14 @@ def test_slices_whose_values_do_not_fit_one_format_are_an_error(tmp_path):
     ds.save_as(paths[0])
     with pytest.raises(DecodeError, match="different formats"):
         load(tmp_path)
+
+
+def test_orientation_noise_across_a_rounding_boundary_keeps_one_series(tmp_path):
+    """Direction cosines 0.12349 and 0.12351 round apart at 3 decimals; still one stack."""
+    uid = pydicom.uid.generate_uid()
+    for z, c in enumerate([0.12349, 0.12351] * 3):
+        col = np.array([0.0, np.sqrt(1 - c * c), c])
+        write_series(tmp_path / f"s{z}", ramp(1), series_uid=uid, col_dir=tuple(col),
+                     origins=[[0, 0, 2.0 * z]], seed=z)
+    decoded, stacks, _ = load(tmp_path)
+    assert len(stacks) == 1 and decoded.pixels.shape == (6, 5, 4)
