@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dicomstl.errors import ConversionError, EmptySurfaceError
+from dicomstl.errors import ConversionError
 from gpu_worker import mesh as meshops
 from gpu_worker import series as ser
 from gpu_worker import volume as vol
@@ -151,6 +151,10 @@ def convert(inputs: Sequence[str | os.PathLike], output: str | os.PathLike,
     """
     options = options or Options()
     options.validate()
+    out = Path(output)
+    if not out.parent.is_dir() or not os.access(out.parent, os.W_OK):
+        raise ConversionError(f"cannot write {out.name}: its folder does not exist or is not "
+                              "writable")
     backend = resolve_backend(options.backend)
     timer = _Timer(progress)
     with timer.stage("read"):
@@ -180,9 +184,6 @@ def convert(inputs: Sequence[str | os.PathLike], output: str | os.PathLike,
             faces = faces[:, ::-1].copy()  # the index frame is mirrored: keep normals outward
         mesh = meshops.Mesh(vertices, faces)
         del data, index_mesh
-    if len(mesh.faces) == 0:
-        raise EmptySurfaceError("the threshold gives no surface (everything is inside or "
-                                "outside); choose another level")
     warnings = list(volume.warnings)
     with timer.stage("decimate"):
         mesh, warning = meshops.decimate(mesh, options.decimate, options.max_triangles)
@@ -196,7 +197,6 @@ def convert(inputs: Sequence[str | os.PathLike], output: str | os.PathLike,
         raise RuntimeError(f"internal error: the mesh is not closed ({report.boundary_edges} "
                            f"open, {report.non_manifold_edges} non-manifold edges)")
     with timer.stage("write"):
-        out = Path(output)
         written = write_mesh(mesh, out, options.format)
     return Result(output=out, bytes_written=written, report=report, series=stack.summary(),
                   level=level, level_source=level_source, backend=backend,

@@ -6,6 +6,7 @@ Headers and metadata name the program and version only, never patient data.
 from __future__ import annotations
 
 import io
+import os
 import zipfile
 from pathlib import Path
 
@@ -113,10 +114,19 @@ def threemf_bytes(mesh: Mesh) -> bytes:
 
 
 def write_mesh(mesh: Mesh, path: str | Path, fmt: str = "stl") -> int:
-    """Write a mesh in one of FORMATS with a single write; returns the bytes written."""
+    """Write a mesh in one of FORMATS with a single write; returns the bytes written.
+
+    The file appears whole or not at all: it is written beside the target, then renamed.
+    """
     writers = {"stl": binary_stl_bytes, "stl-ascii": ascii_stl_bytes, "3mf": threemf_bytes}
     if fmt not in writers:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     data = writers[fmt](mesh)
-    Path(path).write_bytes(data)
+    path = Path(path)
+    partial = path.with_name(path.name + ".part")
+    try:
+        partial.write_bytes(data)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
     return len(data)

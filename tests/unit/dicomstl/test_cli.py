@@ -70,6 +70,11 @@ def test_bad_options_give_clear_errors_and_exit_2(series, tmp_path, capsys, args
     assert not (tmp_path / "m.stl").exists()
 
 
+def test_missing_output_folder_is_a_user_error(series, tmp_path, capsys):
+    code = main(["convert", str(series), "-o", str(tmp_path / "nope" / "m.stl"), "--quiet"])
+    assert code == 2 and "folder does not exist" in capsys.readouterr().err
+
+
 def test_console_script_runs_in_a_fresh_process(series, tmp_path):
     out = tmp_path / "m.3mf"
     run = subprocess.run([sys.executable, "-m", "dicomstl.cli", "convert", str(series), "-o",
