@@ -339,13 +339,12 @@ def _make_stack(uid: str, frames: list[Frame]) -> SeriesStack:
     frames = [frames[i] for i in order]
     along = along[order]
     new_position = np.concatenate([[True], np.diff(along) > POSITION_TOLERANCE_MM])
-    group_id = np.cumsum(new_position) - 1
-    n_pos = int(group_id[-1]) + 1
-    counts = np.bincount(group_id)
+    starts = np.flatnonzero(new_position)
+    n_pos = len(starts)
+    counts = np.diff(np.append(starts, len(frames)))
     ordered: list[Frame] = []
-    for g in range(n_pos):
-        ordered.extend(sorted((f for f, gi in zip(frames, group_id, strict=False) if gi == g),
-                              key=lambda f: f.time_key))
+    for lo, n in zip(starts, counts, strict=True):  # each position is a contiguous run
+        ordered.extend(sorted(frames[lo:lo + n], key=lambda f: f.time_key))
     stack = SeriesStack(uid=uid, modality=first.modality, description=first.description,
                         rows=first.rows, cols=first.cols, frames=ordered, positions=n_pos,
                         time_points=int(counts[0]))

@@ -59,13 +59,19 @@ def triangle_records(mesh: Mesh) -> np.ndarray:
     return out
 
 
-def binary_stl_bytes(mesh: Mesh) -> bytes:
-    """A binary STL: 80-byte header, uint32 count, 50 bytes per triangle (little endian)."""
-    records = triangle_records(mesh)
-    body = np.zeros(len(records), dtype=np.dtype([("r", "<f4", (12,)), ("attr", "<u2")]))
-    body["r"] = records
-    header = HEADER.ljust(80, b" ")[:80]
-    return header + np.uint32(len(records)).tobytes() + body.tobytes()
+_RECORD = np.dtype([("r", "<f4", (12,)), ("attr", "<u2")])  # 50 bytes, packed
+
+
+def binary_stl_bytes(mesh: Mesh) -> np.ndarray:
+    """A binary STL as one uint8 buffer: 80-byte header, uint32 count, 50 bytes per triangle
+    (little endian). The triangles are packed in place, with no intermediate copy."""
+    n = len(mesh.faces)
+    buf = np.zeros(84 + _RECORD.itemsize * n, dtype=np.uint8)
+    buf[:80] = np.frombuffer(HEADER.ljust(80, b" ")[:80], dtype=np.uint8)
+    buf[80:84] = np.frombuffer(np.uint32(n).tobytes(), dtype=np.uint8)
+    _pack(np.ascontiguousarray(mesh.vertices, dtype=np.float32),
+          np.ascontiguousarray(mesh.faces, dtype=np.int32), buf[84:].view(_RECORD)["r"])
+    return buf
 
 
 def ascii_stl_bytes(mesh: Mesh) -> bytes:
@@ -121,7 +127,7 @@ def write_mesh(mesh: Mesh, path: str | Path, fmt: str = "stl") -> int:
     writers = {"stl": binary_stl_bytes, "stl-ascii": ascii_stl_bytes, "3mf": threemf_bytes}
     if fmt not in writers:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    data = writers[fmt](mesh)
+    data = memoryview(writers[fmt](mesh))
     path = Path(path)
     partial = path.with_name(path.name + ".part")
     try:
@@ -129,4 +135,4 @@ def write_mesh(mesh: Mesh, path: str | Path, fmt: str = "stl") -> int:
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
-    return len(data)
+    return data.nbytes
