@@ -123,7 +123,8 @@ def _inspect(args: argparse.Namespace) -> int:
         return 0
     table = Table(title=f"{len(found.sources)} files: {len(found.frames)} image frames, "
                         f"{found.not_dicom} not DICOM, {found.not_image} non-image objects")
-    for col in ("series", "modality", "description", "slices", "size", "spacing mm", "usable"):
+    table.add_column("series", overflow="fold")  # the whole UID, for --series
+    for col in ("modality", "description", "slices", "size", "spacing mm", "usable"):
         table.add_column(col)
     for s in stacks:
         sx, sy, sz = s.spacing_mm

@@ -86,3 +86,11 @@ def write_series(folder: Path, hu: np.ndarray, row_dir=(1, 0, 0), col_dir=(0, 1,
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def pydicom_uid_of(folder: Path) -> str:
+    """The SeriesInstanceUID of the first file in a folder written by write_series."""
+    import pydicom
+
+    return str(pydicom.dcmread(next(folder.iterdir()), stop_before_pixels=True)
+               .SeriesInstanceUID)

@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 from dicomstl.cli import main
-from tests.dicom_factory import PATIENT_ID, PATIENT_NAME, lps_grid, sphere_hu, write_series
+from tests.dicom_factory import (
+    PATIENT_ID,
+    PATIENT_NAME,
+    lps_grid,
+    pydicom_uid_of,
+    sphere_hu,
+    write_series,
+)
 
 SECRETS = [PATIENT_NAME, PATIENT_ID, "DOE", "8675309"]
 
@@ -51,6 +58,16 @@ def test_inspect_lists_series_without_patient_data(series, capsys):
     assert listing["series"][0]["slices"] == 16 and listing["series"][0]["usable"]
     for secret in SECRETS:
         assert secret not in text
+
+
+def test_inspect_table_shows_the_whole_series_uid_in_a_narrow_terminal(series, capsys,
+                                                                     monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    assert main(["inspect", str(series)]) == 0
+    text = capsys.readouterr().out
+    folded = "".join(line.split("│")[1].strip() for line in text.splitlines()
+                     if line.count("│") > 2)
+    assert pydicom_uid_of(series) in folded
 
 
 @pytest.mark.parametrize("args, message", [
