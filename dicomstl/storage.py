@@ -1,0 +1,79 @@
+"""Where a job's files live, and how they are deleted.
+
+``<data_dir>/jobs/<job id>/upload/`` holds the upload under numbered names (a user's file
+names can carry patient data, so they are never kept); ``result/`` holds the model, named
+only by the job id. Nothing else of a job is on disk.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+from dicomstl.settings import Settings
+
+
+def job_dir(settings: Settings, job_id: str) -> Path:
+    return settings.jobs_dir / job_id
+
+
+def upload_dir(settings: Settings, job_id: str) -> Path:
+    return job_dir(settings, job_id) / "upload"
+
+
+def result_dir(settings: Settings, job_id: str) -> Path:
+    return job_dir(settings, job_id) / "result"
+
+
+def result_name(job_id: str, fmt: str) -> str:
+    """The model's file name for a format (``stl``, ``stl-ascii``, ``3mf``): the job id's
+    first characters, never patient data."""
+    return f"dicomstl-{job_id[:12]}.{'3mf' if fmt == '3mf' else 'stl'}"
+
+
+def result_path(settings: Settings, job_id: str, fmt: str) -> Path:
+    return result_dir(settings, job_id) / result_name(job_id, fmt)
+
+
+def store_upload(settings: Settings, job_id: str, parts: list[Path]) -> tuple[int, int]:
+    """Move streamed upload parts into the job's folder; (files, bytes)."""
+    folder = upload_dir(settings, job_id)
+    folder.mkdir(parents=True)
+    total = 0
+    for n, part in enumerate(parts):
+        total += part.stat().st_size
+        os.replace(part, folder / f"{n:06d}.part")
+    return len(parts), total
+
+
+def delete_upload(settings: Settings, job_id: str) -> None:
+    shutil.rmtree(upload_dir(settings, job_id), ignore_errors=True)
+
+
+def delete_result(settings: Settings, job_id: str) -> None:
+    shutil.rmtree(result_dir(settings, job_id), ignore_errors=True)
+
+
+def delete_job_files(settings: Settings, job_id: str) -> None:
+    """Remove everything a job has on disk."""
+    shutil.rmtree(job_dir(settings, job_id), ignore_errors=True)
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def sweep_incoming(settings: Settings, max_age_s: float) -> int:
+    """Delete parts of uploads that never finished arriving, older than ``max_age_s``."""
+    cutoff = time.time() - max_age_s
+    removed = 0
+    for part in settings.incoming_dir.iterdir():
+        try:
+            if part.stat().st_mtime < cutoff:
+                part.unlink()
+                removed += 1
+        except FileNotFoundError:
+            pass
+    return removed

@@ -1,0 +1,127 @@
+"""The RQ job: convert one stored upload, reporting progress and ending in a clear state.
+
+User errors (``ConversionError``) end the job failed with their message. A lost database or
+Redis connection or a full disk is transient: the job goes back to ``queued`` and RQ retries
+it with backoff. Anything else is a bug: the job fails with a generic message and the log
+gets the traceback, which names no patient data (upload files have numbered names).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import numpy as np
+from redis.exceptions import RedisError
+from rq import get_current_job
+from rq.timeouts import JobTimeoutException
+from sqlalchemy.exc import OperationalError
+
+from dicomstl import jobs, storage
+from dicomstl.errors import ConversionError, SeriesChoiceError
+from dicomstl.job_options import to_pipeline
+from dicomstl.settings import Settings, current_settings
+from gpu_worker import mesh as meshops
+from gpu_worker.backend import resolve_backend
+from gpu_worker.marching import marching_cubes
+from gpu_worker.pipeline import convert
+from gpu_worker.stl import binary_stl_bytes
+
+log = logging.getLogger(__name__)
+
+TRANSIENT = (OperationalError, RedisError, OSError)
+INTERNAL_MESSAGE = ("the conversion failed because of an internal error on our side; it has "
+                    "been logged. Please try again later, or contact support with the job id.")
+CHOICE_MESSAGE = "the upload holds several series that could become a model: pick one"
+
+
+class _Heartbeat(threading.Thread):
+    """Tells the scheduler this job's worker is alive while a long stage runs."""
+
+    def __init__(self, settings: Settings, job_id: str):
+        super().__init__(daemon=True, name="heartbeat")
+        self.settings, self.job_id = settings, job_id
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.settings.heartbeat_s):
+            try:
+                jobs.heartbeat(self.settings, self.job_id)
+            except TRANSIENT:
+                log.warning("heartbeat for job %s failed; will try again", self.job_id[:8])
+
+
+def run_conversion(job_id: str, run: int) -> str:
+    """Convert job ``job_id`` for its run number ``run``; returns the state it ended in."""
+    settings = current_settings()
+    job = jobs.start_run(settings, job_id, run)
+    if job is None:
+        return "stale"  # a newer run owns this job, or it was deleted
+    beat = _Heartbeat(settings, job_id)
+    beat.start()
+    try:
+        return _convert(settings, job)
+    finally:
+        beat.stopped.set()
+
+
+def _convert(settings: Settings, job) -> str:
+    job_id = job.id
+    fmt = job.options.get("format", "stl")
+    output = storage.result_path(settings, job_id, fmt)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        result = convert([storage.upload_dir(settings, job_id)], output,
+                         to_pipeline(job.options, settings.backend),
+                         progress=lambda stage, state: jobs.record_progress(
+                             settings, job_id, stage, state))
+    except SeriesChoiceError as exc:
+        if exc.choices and not job.options.get("series"):
+            jobs.finish(settings, job_id, message=CHOICE_MESSAGE, choices=exc.choices)
+            return "uploaded"
+        jobs.finish(settings, job_id, message=str(exc))
+        return "failed"
+    except ConversionError as exc:
+        jobs.finish(settings, job_id, message=str(exc))
+        return "failed"
+    except JobTimeoutException:
+        jobs.finish(settings, job_id, message=(
+            f"the conversion took longer than the limit of {settings.job_timeout_s // 60} "
+            "minutes; try a crop, --downsample or a smaller triangle budget"))
+        return "failed"
+    except TRANSIENT:
+        current = get_current_job()
+        if current is not None and (current.retries_left or 0) > 0:
+            log.warning("job %s hit a transient error; RQ will retry it", job_id[:8],
+                        exc_info=True)
+            jobs.requeue_after_error(settings, job_id)
+            raise
+        log.exception("job %s failed after its retries", job_id[:8])
+        jobs.finish(settings, job_id, message=INTERNAL_MESSAGE)
+        return "failed"
+    except Exception:
+        log.exception("internal error in job %s", job_id[:8])
+        jobs.finish(settings, job_id, message=INTERNAL_MESSAGE)
+        return "failed"
+    report = result.as_dict()
+    report["output"] = output.name
+    ended = jobs.finish(settings, job_id, report=report, result_bytes=result.bytes_written)
+    return ended.state if ended else "deleted"
+
+
+def warm_up() -> dict:
+    """Compile and load everything a job needs once, before the first job; returns timings.
+
+    On the CPU this compiles the Numba kernels (cached on disk after the first time); the
+    GPU engine will load its CUDA kernels here.
+    """
+    start = time.perf_counter()
+    backend = resolve_backend("auto")
+    volume = np.zeros((6, 6, 6), np.int16)
+    volume[2:4, 2:4, 2:4] = 1000
+    index_mesh = marching_cubes(volume, 499.5)
+    mesh = meshops.Mesh(index_mesh.vertices.astype(np.float32), index_mesh.faces)
+    meshops.report(mesh)
+    binary_stl_bytes(mesh)
+    return {"backend": backend, "seconds": round(time.perf_counter() - start, 3)}

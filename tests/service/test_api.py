@@ -1,0 +1,199 @@
+"""The bulk API and the pages in-process (Flask's test client) on a real Redis and a real
+database (SQLite, and PostgreSQL when it answers): auth, ownership, idempotency, limits."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+from dataclasses import replace
+
+import pytest
+from rq import Queue
+from sqlalchemy import func, select
+
+from dicomstl import apikeys, jobs
+from dicomstl.db import Job, session_scope
+from dicomstl.queue import connect
+from tests.dicom_factory import lps_grid, sphere_hu, write_series
+from tests.service.helpers import auth
+
+
+@pytest.fixture
+def series(tmp_path):
+    """A small synthetic CT series written with pydicom (12 slices of 24x24)."""
+    origins = [(0.0, 0.0, 1.5 * k) for k in range(12)]
+    grid = lps_grid((12, 24, 24), (1, 0, 0), (0, 1, 0), (1.0, 1.0), origins)
+    hu = sphere_hu(grid, (12.0, 12.0, 8.0), 6.0, 1.0)
+    return sorted(write_series(tmp_path / "series", hu, origins=origins))
+
+
+def _files(paths):
+    return [(io.BytesIO(p.read_bytes()), "part") for p in paths]
+
+
+def _submit(client, key, series, options=None, headers=None, **form):
+    data = {"files": _files(series), **form}
+    if options is not None:
+        data["options"] = json.dumps(options)
+    return client.post("/api/v1/jobs", data=data, content_type="multipart/form-data",
+                       headers={**auth(key), **(headers or {})})
+
+
+def test_submit_queues_a_job_with_its_deadline(app, settings, api_key, series):
+    client = app.test_client()
+    before = dt.datetime.now(dt.UTC)
+    r = _submit(client, api_key, series, {"preset": "bone", "smooth_mm": 0.5})
+    assert r.status_code == 201, r.json
+    job = r.json
+    assert job["state"] == "queued" and job["queue"] == "bulk" and job["attempts"] == 1
+    assert job["options"] == {"preset": "bone", "smooth_mm": 0.5}
+    assert r.headers["Location"] == f"/api/v1/jobs/{job['id']}"
+    assert len(job["id"]) >= 32  # 192 random bits
+    deadline = dt.datetime.fromisoformat(job["delete_after"])
+    assert dt.timedelta(minutes=59) < deadline - before <= dt.timedelta(minutes=61)
+    stored = sorted((settings.jobs_dir / job["id"] / "upload").iterdir())
+    assert [p.name for p in stored] == [f"{n:06d}.part" for n in range(len(series))]
+    assert job["upload"] == {"files": len(series),
+                             "bytes": sum(p.stat().st_size for p in series)}
+    assert list(settings.incoming_dir.iterdir()) == []
+    queued = Queue("bulk", connection=connect(settings.redis_url)).job_ids
+    assert queued == [f"{job['id']}_r1"]
+
+
+def test_api_needs_a_valid_key(app, settings, api_key):
+    client = app.test_client()
+    assert client.get("/api/v1/jobs").status_code == 401
+    assert client.get("/api/v1/jobs", headers=auth("dsk_nope_nope")).status_code == 401
+    assert client.get("/api/v1/jobs", headers=auth(api_key)).status_code == 200
+    assert apikeys.revoke_key(settings.database_url, api_key.key.split("_")[1])
+    r = client.get("/api/v1/jobs", headers=auth(api_key))
+    assert r.status_code == 401 and "API key" in r.json["error"]
+    assert client.get("/api/v1/openapi.json").status_code == 200  # public
+
+
+def test_keys_are_stored_hashed(settings, api_key):
+    rows = apikeys.list_keys(settings.database_url)
+    assert len(rows) == 1 and api_key.key not in {rows[0].key_hash, rows[0].prefix}
+    assert rows[0].last_used_at is None
+
+
+def test_idempotent_retry_returns_the_same_job(app, settings, api_key, series):
+    client = app.test_client()
+    first = _submit(client, api_key, series, headers={"Idempotency-Key": "visit-42"})
+    again = _submit(client, api_key, series, headers={"Idempotency-Key": "visit-42"})
+    other = _submit(client, api_key, series, headers={"Idempotency-Key": "visit-43"})
+    assert first.status_code == 201 and again.status_code == 200
+    assert again.json["id"] == first.json["id"] != other.json["id"]
+    assert sorted(p.name for p in settings.jobs_dir.iterdir()) == sorted(
+        [first.json["id"], other.json["id"]])
+    assert list(settings.incoming_dir.iterdir()) == []  # the repeated upload is discarded
+    with session_scope(settings.database_url) as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == 2
+    # The same key from another client is another job.
+    second_key = apikeys.create_key(settings.database_url, "Other clinic")
+    theirs = _submit(client, second_key, series, headers={"Idempotency-Key": "visit-42"})
+    assert theirs.status_code == 201 and theirs.json["id"] != first.json["id"]
+
+
+def test_other_clients_jobs_are_not_found(app, settings, api_key, series):
+    client = app.test_client()
+    job_id = _submit(client, api_key, series).json["id"]
+    stranger = apikeys.create_key(settings.database_url, "Stranger")
+    for method, path in [("GET", f"/api/v1/jobs/{job_id}"),
+                         ("GET", f"/api/v1/jobs/{job_id}/result"),
+                         ("DELETE", f"/api/v1/jobs/{job_id}")]:
+        r = client.open(path, method=method, headers=auth(stranger))
+        assert r.status_code == 404, (method, path)
+    assert client.get("/api/v1/jobs", headers=auth(stranger)).json["total"] == 0
+    assert client.get(f"/api/v1/jobs/{job_id}", headers=auth(api_key)).json["state"] == "queued"
+    # A browser session cannot see an API job either.
+    assert client.get(f"/jobs/{job_id}").status_code == 404
+
+
+@pytest.mark.parametrize(("options", "text"), [
+    ({"colour": "red"}, "unknown option 'colour'"),
+    ({"level": "high"}, "'level' must be a number"),
+    ({"preset": "bone", "level": 300}, "either a preset or a level"),
+    ({"decimate": 1.5}, "fraction of triangles"),
+    ({"preset": "cartilage"}, "unknown preset"),
+    ([1, 2], "JSON object"),
+])
+def test_bad_options_are_refused_clearly(app, settings, api_key, series, options, text):
+    r = _submit(app.test_client(), api_key, series, options)
+    assert r.status_code == 400 and text in r.json["error"]
+    assert list(settings.jobs_dir.iterdir()) == [] and list(settings.incoming_dir.iterdir()) == []
+
+
+def test_upload_without_files_and_bad_callback(app, api_key, series):
+    client = app.test_client()
+    r = client.post("/api/v1/jobs", data={"options": "{}"}, headers=auth(api_key),
+                    content_type="multipart/form-data")
+    assert r.status_code == 400 and "no files" in r.json["error"]
+    r = _submit(client, api_key, series, callback_url="file:///etc/passwd")
+    assert r.status_code == 400 and "callback_url" in r.json["error"]
+
+
+def test_oversize_upload_is_413_and_leaves_nothing(settings, api_key, series):
+    from web import create_app
+
+    small = replace(settings, max_upload_bytes=len(series[0].read_bytes()) * 2)
+    client = create_app(small).test_client()
+    r = _submit(client, api_key, series)
+    assert r.status_code == 413 and "larger than the limit" in r.json["error"]
+    page = client.post("/upload", data={"files": _files(series)},
+                       content_type="multipart/form-data")
+    assert page.status_code == 413 and b"Upload too large" in page.data
+    assert list(settings.incoming_dir.iterdir()) == [] and list(settings.jobs_dir.iterdir()) == []
+
+
+def test_result_delete_and_paging(app, settings, api_key, series):
+    client = app.test_client()
+    ids = [_submit(client, api_key, series[:3]).json["id"] for _ in range(3)]
+    r = client.get(f"/api/v1/jobs/{ids[0]}/result", headers=auth(api_key))
+    assert r.status_code == 409 and "queued" in r.json["error"]
+    page = client.get("/api/v1/jobs?limit=2", headers=auth(api_key)).json
+    assert page["total"] == 3 and len(page["jobs"]) == 2 and page["next_offset"] == 2
+    rest = client.get("/api/v1/jobs?limit=2&offset=2", headers=auth(api_key)).json
+    assert rest["next_offset"] is None
+    assert {j["id"] for j in page["jobs"] + rest["jobs"]} == set(ids)
+    assert client.get("/api/v1/jobs?limit=0", headers=auth(api_key)).status_code == 400
+    gone = client.delete(f"/api/v1/jobs/{ids[0]}", headers=auth(api_key))
+    assert gone.status_code == 200 and gone.json["state"] == "deleted"
+    assert not (settings.jobs_dir / ids[0]).exists()
+    assert client.get(f"/api/v1/jobs/{ids[0]}/result", headers=auth(api_key)).status_code == 410
+
+
+def test_sweep_deletes_jobs_past_their_deadline(app, settings, api_key, series):
+    client = app.test_client()
+    job_id = _submit(client, api_key, series).json["id"]
+    assert jobs.sweep(settings) == 0
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=settings.upload_ttl_s + 1)
+    assert jobs.sweep(settings, later) == 1
+    job = client.get(f"/api/v1/jobs/{job_id}", headers=auth(api_key)).json
+    assert job["state"] == "deleted" and "deleted unconverted" in job["message"]
+    assert not (settings.jobs_dir / job_id).exists()
+
+
+def test_form_upload_belongs_to_its_browser_session(app, settings, series):
+    browser = app.test_client()
+    home = browser.get("/")
+    token = home.data.split(b'name="csrf_token" value="')[1].split(b'"')[0].decode()
+    r = browser.post("/upload", data={"files": _files(series), "csrf_token": token,
+                                      "preset": "bone", "keep": "largest"},
+                     content_type="multipart/form-data")
+    assert r.status_code == 303
+    job_url = r.headers["Location"]
+    job_id = job_url.rsplit("/", 1)[1]
+    assert browser.get(job_url).status_code == 200
+    status = browser.get(job_url + "/status").json
+    assert status["state"] == "queued" and status["queue"] == "interactive"
+    assert status["options"] == {"preset": "bone", "keep": "largest"}
+    other = app.test_client()
+    assert other.get(job_url).status_code == 404
+    assert other.get(job_url + "/download").status_code == 404
+    # A form post without the CSRF token is refused.
+    assert browser.post(f"/jobs/{job_id}/delete").status_code == 400
+    assert browser.post("/upload", data={"files": _files(series[:1])},
+                        content_type="multipart/form-data").status_code == 400
+    assert list(settings.incoming_dir.iterdir()) == []

@@ -1,0 +1,94 @@
+"""The thin web front end: authenticate, validate, store the upload, make the job, enqueue.
+
+It never decodes pixels or builds meshes; those are the worker's. ``create_app`` builds the
+Flask app for one ``Settings``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from flask import Flask, abort, render_template, request, send_from_directory
+from flask_wtf.csrf import CSRFProtect
+from werkzeug.exceptions import HTTPException
+
+from dicomstl import __version__
+from dicomstl.db import migrate
+from dicomstl.settings import Settings, configure, load_settings
+from web.uploads import UploadRequest, discard_unclaimed
+
+log = logging.getLogger(__name__)
+THREE_DIR = Path(__file__).parent / "node_modules" / "three"
+
+
+def create_app(settings: Settings | None = None, run_migrations: bool = True) -> Flask:
+    """The web app; migrates the database first unless told not to."""
+    settings = settings or load_settings()
+    configure(settings)
+    if run_migrations:
+        migrate(settings.database_url)
+    app = Flask(__name__)
+    app.request_class = UploadRequest
+    app.config.update(
+        SETTINGS=settings, SECRET_KEY=settings.secret_key,
+        MAX_CONTENT_LENGTH=settings.max_upload_bytes,
+        MAX_FORM_PARTS=settings.max_upload_files + 50,
+        SESSION_COOKIE_SAMESITE="Lax", WTF_CSRF_TIME_LIMIT=None,
+        PREVIEW_AVAILABLE=(THREE_DIR / "build" / "three.module.js").is_file(),
+    )
+    if not app.config["PREVIEW_AVAILABLE"]:
+        log.warning("three.js is not installed (npm ci --prefix web); the 3D preview is off")
+
+    from web.api import api
+    from web.pages import pages
+
+    csrf = CSRFProtect(app)
+    csrf.exempt(api)
+    app.register_blueprint(pages)
+    app.register_blueprint(api, url_prefix="/api/v1")
+    app.teardown_request(discard_unclaimed)
+
+    @app.context_processor
+    def globals_() -> dict:
+        return {"version": __version__, "max_upload_bytes": settings.max_upload_bytes}
+
+    @app.get("/vendor/three/<path:filename>")
+    def three(filename: str):
+        if not filename.startswith(("build/", "examples/jsm/")) or not filename.endswith(".js"):
+            abort(404)
+        return send_from_directory(THREE_DIR, filename, max_age=86400)
+
+    @app.get("/healthz")
+    def healthz():
+        return {"ok": True, "version": __version__}
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        if request.path.startswith("/api/"):
+            return {"error": _error_text(exc)}, exc.code
+        return render_template("error.html", code=exc.code, message=_error_text(exc)), exc.code
+
+    @app.errorhandler(Exception)
+    def internal_error(exc: Exception):
+        log.exception("internal error on %s %s", request.method, request.url_rule)
+        text = "internal error; it has been logged. Please try again later."
+        if request.path.startswith("/api/"):
+            return {"error": text}, 500
+        return render_template("error.html", code=500, message=text), 500
+
+    return app
+
+
+def _error_text(exc: HTTPException) -> str:
+    if exc.code == 413:
+        limit = load_limit()
+        return f"the upload is larger than the limit of {limit}; split it or crop it first"
+    return exc.description or exc.name
+
+
+def load_limit() -> str:
+    from flask import current_app
+
+    size = current_app.config["MAX_CONTENT_LENGTH"]
+    return f"{size / 1024**3:.3g} GiB" if size >= 1024**3 else f"{size / 1024**2:.3g} MiB"

@@ -1,0 +1,135 @@
+"""The bulk API for clinics, ``/api/v1`` (JSON; see ``/api/v1/openapi.json``).
+
+Every call but the OpenAPI document needs ``Authorization: Bearer <API key>``; a key sees only
+its own jobs. ``POST /jobs`` takes a multipart upload (``files``: DICOM files or one .zip;
+``options``: a JSON object; ``callback_url``) and honours an ``Idempotency-Key`` header.
+"""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import urlsplit
+
+from flask import Blueprint, abort, current_app, g, request, url_for
+
+from dicomstl import apikeys, jobs
+from dicomstl.errors import ConversionError
+from dicomstl.job_options import parse_options
+from web.openapi import spec
+from web.pages import _send_result
+from web.uploads import take_files
+
+api = Blueprint("api", __name__)
+
+PUBLIC = {"api.openapi"}
+MAX_OFFSET = 10**9
+
+
+@api.before_request
+def authenticate():
+    if request.endpoint in PUBLIC:
+        return None
+    header = request.headers.get("Authorization", "")
+    scheme, _, key = header.partition(" ")
+    row = apikeys.authenticate(current_app.config["SETTINGS"].database_url, key.strip()) \
+        if scheme.lower() == "bearer" else None
+    if row is None:
+        return {"error": "a valid API key is needed: Authorization: Bearer <key>"}, 401, \
+            {"WWW-Authenticate": 'Bearer realm="dicomstl"'}
+    g.owner = f"key:{row.id}"
+    return None
+
+
+def _view(job) -> dict:
+    view = jobs.public_view(job)
+    view["links"] = {"self": url_for("api.get_job", job_id=job.id)}
+    if job.state == "done":
+        view["links"]["result"] = url_for("api.result", job_id=job.id)
+    return view
+
+
+def _job(job_id: str):
+    try:
+        return jobs.get_job(current_app.config["SETTINGS"], job_id, g.owner)
+    except jobs.JobNotFound:
+        abort(404, "no such job")
+
+
+def _bad(message: str, code: int = 400):
+    return {"error": message}, code
+
+
+@api.get("/openapi.json")
+def openapi():
+    return spec()
+
+
+@api.post("/jobs")
+def submit():
+    settings = current_app.config["SETTINGS"]
+    key = request.headers.get("Idempotency-Key") or None
+    if key is not None and not 1 <= len(key) <= 200:
+        return _bad("Idempotency-Key must be 1 to 200 characters")
+    callback = request.form.get("callback_url") or None
+    if callback is not None:
+        parts = urlsplit(callback)
+        if parts.scheme not in ("http", "https") or not parts.netloc or len(callback) > 2000:
+            return _bad("callback_url must be an http(s) URL")
+    try:
+        raw = json.loads(request.form.get("options") or "{}")
+    except ValueError:
+        return _bad("options must be a JSON object")
+    try:
+        options = parse_options(raw)
+        files = take_files()
+    except ConversionError as exc:
+        return _bad(str(exc))
+    job, created = jobs.create_job(settings, g.owner, options, files, "bulk",
+                                   idempotency_key=key, callback_url=callback)
+    return _view(job), 201 if created else 200, {"Location": url_for("api.get_job",
+                                                                    job_id=job.id)}
+
+
+@api.get("/jobs")
+def list_jobs():
+    try:
+        limit = int(request.args.get("limit", 50))
+        offset = int(request.args.get("offset", 0))
+    except ValueError:
+        return _bad("limit and offset must be whole numbers")
+    if not 1 <= limit <= 200 or not 0 <= offset <= MAX_OFFSET:
+        return _bad(f"limit must be 1 to 200 and offset 0 to {MAX_OFFSET}")
+    rows, total = jobs.list_jobs(current_app.config["SETTINGS"], g.owner, limit, offset)
+    following = offset + limit if offset + limit < total else None
+    return {"jobs": [_view(j) for j in rows], "total": total, "limit": limit,
+            "offset": offset, "next_offset": following}
+
+
+@api.get("/jobs/<job_id>")
+def get_job(job_id: str):
+    return _view(_job(job_id))
+
+
+@api.get("/jobs/<job_id>/result")
+def result(job_id: str):
+    return _send_result(current_app.config["SETTINGS"], _job(job_id))
+
+
+@api.delete("/jobs/<job_id>")
+def delete(job_id: str):
+    _job(job_id)
+    return _view(jobs.delete_job(current_app.config["SETTINGS"], job_id, g.owner))
+
+
+@api.post("/jobs/<job_id>/series")
+def choose(job_id: str):
+    _job(job_id)
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or not isinstance(body.get("series"), str):
+        return _bad('send {"series": "<SeriesInstanceUID from choices>"}')
+    try:
+        job = jobs.choose_series(current_app.config["SETTINGS"], job_id, g.owner,
+                                 body["series"])
+    except jobs.JobConflict as exc:
+        return _bad(str(exc), 409)
+    return _view(job)

@@ -1,0 +1,166 @@
+"""The OpenAPI 3.1 document of ``/api/v1`` (served at ``/api/v1/openapi.json``)."""
+
+from __future__ import annotations
+
+from functools import cache
+
+from dicomstl import __version__
+from dicomstl.db import STATES
+from dicomstl.job_options import OPTION_TYPES
+from gpu_worker.pipeline import STAGES
+
+
+def _nullable(kind: str, **extra) -> dict:
+    return {"type": [kind, "null"], **extra}
+
+
+def _error(description: str) -> dict:
+    return {"description": description, "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def _job_response(description: str) -> dict:
+    return {"description": description, "content": {"application/json": {
+        "schema": {"$ref": "#/components/schemas/Job"}}}}
+
+
+JOB_ID = {"name": "job_id", "in": "path", "required": True,
+          "schema": {"type": "string", "minLength": 1, "maxLength": 64}}
+
+
+@cache
+def spec() -> dict:
+    options = {name: {"type": kind} for name, (kind, _types) in OPTION_TYPES.items()}
+    options["preset"]["enum"] = ["bone", "skin", "soft-tissue", "teeth", "lung"]
+    options["format"]["enum"] = ["stl", "stl-ascii", "3mf"]
+    job = {
+        "type": "object",
+        "required": ["id", "state", "options", "created_at", "delete_after", "stages",
+                     "stages_done", "progress", "attempts", "links"],
+        "properties": {
+            "id": {"type": "string"},
+            "state": {"type": "string", "enum": list(STATES)},
+            "queue": {"type": "string"},
+            "options": {"type": "object"},
+            "created_at": {"type": "string", "format": "date-time"},
+            "queued_at": _nullable("string", format="date-time"),
+            "started_at": _nullable("string", format="date-time"),
+            "finished_at": _nullable("string", format="date-time"),
+            "deleted_at": _nullable("string", format="date-time"),
+            "delete_after": {"type": "string", "format": "date-time",
+                             "description": "when the job's files are deleted at the latest"},
+            "attempts": {"type": "integer"},
+            "stage": _nullable("string", description="the stage running now"),
+            "stages": {"type": "array", "items": {"type": "string", "enum": list(STAGES)}},
+            "stages_done": {"type": "array", "items": {"type": "string"}},
+            "progress": {"type": "number", "minimum": 0, "maximum": 1},
+            "message": _nullable("string", description="why it failed, in words for users"),
+            "choices": {"type": ["array", "null"], "items": {"type": "object"},
+                        "description": "series to pick from (state uploaded)"},
+            "report": {"type": ["object", "null"],
+                       "description": "mesh report: triangles, area mm², volume mm³, bbox"},
+            "upload": {"type": "object"},
+            "result_bytes": _nullable("integer"),
+            "links": {"type": "object"},
+        },
+    }
+    bearer = [{"apiKey": []}]
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "dicomstl API", "version": __version__,
+                 "description": "Submit DICOM series, follow the conversion, download the "
+                                "model (millimetres, patient LPS coordinates). Uploads are "
+                                "deleted when the conversion ends; models one hour later."},
+        "servers": [{"url": "/api/v1"}],
+        "components": {
+            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
+            "schemas": {
+                "Error": {"type": "object", "required": ["error"],
+                          "properties": {"error": {"type": "string"}}},
+                "Options": {"type": "object", "additionalProperties": False,
+                            "properties": options},
+                "Job": job,
+            },
+        },
+        "security": bearer,
+        "paths": {
+            "/openapi.json": {"get": {
+                "operationId": "openapi", "security": [],
+                "responses": {"200": {"description": "this document",
+                                      "content": {"application/json": {}}}}}},
+            "/jobs": {
+                "post": {
+                    "operationId": "submitJob",
+                    "parameters": [{"name": "Idempotency-Key", "in": "header",
+                                    "schema": {"type": "string", "maxLength": 200}}],
+                    "requestBody": {"required": True, "content": {"multipart/form-data": {
+                        "schema": {"type": "object", "required": ["files"], "properties": {
+                            "files": {"type": "array", "minItems": 1,
+                                      "items": {"type": "string", "format": "binary"}},
+                            "options": {"type": "string",
+                                        "description": "JSON object; see Options"},
+                            "callback_url": {"type": "string", "format": "uri"}}}}}},
+                    "responses": {"201": _job_response("queued"),
+                                  "200": _job_response("the job made earlier with this "
+                                                       "Idempotency-Key"),
+                                  "400": _error("bad options or no files"),
+                                  "401": _error("no valid API key"),
+                                  "413": _error("upload too large")}},
+                "get": {
+                    "operationId": "listJobs",
+                    "parameters": [
+                        {"name": "limit", "in": "query",
+                         "schema": {"type": "integer", "minimum": 1, "maximum": 200}},
+                        {"name": "offset", "in": "query",
+                         "schema": {"type": "integer", "minimum": 0,
+                                    "maximum": 10**9}}],
+                    "responses": {
+                        "200": {"description": "a page of jobs, newest first",
+                                "content": {"application/json": {"schema": {
+                                    "type": "object",
+                                    "required": ["jobs", "total", "limit", "offset"],
+                                    "properties": {
+                                        "jobs": {"type": "array", "items": {
+                                            "$ref": "#/components/schemas/Job"}},
+                                        "total": {"type": "integer"},
+                                        "limit": {"type": "integer"},
+                                        "offset": {"type": "integer"},
+                                        "next_offset": _nullable("integer")}}}}},
+                        "400": _error("bad paging"), "401": _error("no valid API key")}},
+            },
+            "/jobs/{job_id}": {
+                "parameters": [JOB_ID],
+                "get": {"operationId": "getJob",
+                        "responses": {"200": _job_response("the job"),
+                                      "401": _error("no valid API key"),
+                                      "404": _error("no such job for this key")}},
+                "delete": {"operationId": "deleteJob",
+                           "responses": {"200": _job_response("deleted now"),
+                                         "401": _error("no valid API key"),
+                                         "404": _error("no such job for this key")}},
+            },
+            "/jobs/{job_id}/result": {
+                "parameters": [JOB_ID],
+                "get": {"operationId": "getResult",
+                        "responses": {
+                            "200": {"description": "the model",
+                                    "content": {"model/stl": {}, "model/3mf": {}}},
+                            "401": _error("no valid API key"),
+                            "404": _error("no such job for this key"),
+                            "409": _error("not done yet"),
+                            "410": _error("deleted")}},
+            },
+            "/jobs/{job_id}/series": {
+                "parameters": [JOB_ID],
+                "post": {"operationId": "chooseSeries",
+                         "requestBody": {"required": True, "content": {"application/json": {
+                             "schema": {"type": "object", "required": ["series"],
+                                        "properties": {"series": {"type": "string"}}}}}},
+                         "responses": {"200": _job_response("queued with that series"),
+                                       "400": _error("no series given"),
+                                       "401": _error("no valid API key"),
+                                       "404": _error("no such job for this key"),
+                                       "409": _error("not waiting for a choice")}},
+            },
+        },
+    }

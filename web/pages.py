@@ -1,0 +1,136 @@
+"""Server-rendered pages: upload form, series choice, job page with live progress and preview.
+
+A browser's jobs belong to its session: a random token in the signed session cookie, kept in
+the database only as a hash. Other sessions' jobs are "not found".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from flask import (
+    Blueprint,
+    abort,
+    current_app,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    send_file,
+    session,
+    url_for,
+)
+
+from dicomstl import jobs, storage
+from dicomstl.errors import ConversionError
+from dicomstl.job_options import form_options
+from dicomstl.settings import Settings
+from gpu_worker.pipeline import STAGES
+from gpu_worker.presets import PRESETS
+from gpu_worker.stl import FORMATS
+from web.uploads import take_files
+
+pages = Blueprint("pages", __name__)
+
+
+def _settings() -> Settings:
+    return current_app.config["SETTINGS"]
+
+
+def _owner(create: bool = False) -> str | None:
+    token = session.get("owner")
+    if token is None:
+        if not create:
+            return None
+        token = session["owner"] = secrets.token_urlsafe(32)
+        session.permanent = True
+    return "web:" + hashlib.sha256(token.encode()).hexdigest()[:40]
+
+
+def _job(job_id: str):
+    owner = _owner()
+    if owner is None:
+        abort(404, "no such job (it may have been deleted)")
+    try:
+        return jobs.get_job(_settings(), job_id, owner)
+    except jobs.JobNotFound:
+        abort(404, "no such job (it may have been deleted)")
+
+
+def _wants_json() -> bool:
+    return request.accept_mimetypes.best == "application/json"
+
+
+@pages.get("/")
+def home():
+    return render_template("home.html", presets=PRESETS.values(), formats=FORMATS)
+
+
+@pages.post("/upload")
+def upload():
+    """The form's upload: files (a folder's or a zip) plus options; answers where to go next."""
+    try:
+        options = form_options(request.form)
+        parts = take_files()
+    except ConversionError as exc:
+        if _wants_json():
+            return jsonify(error=str(exc)), 400
+        return render_template("error.html", code=400, message=str(exc)), 400
+    job, _created = jobs.create_job(_settings(), _owner(create=True), options, parts,
+                                    "interactive")
+    target = url_for("pages.job_page", job_id=job.id)
+    if _wants_json():
+        return jsonify(job=job.id, url=target), 201
+    return redirect(target, 303)
+
+
+@pages.get("/jobs/<job_id>")
+def job_page(job_id: str):
+    job = _job(job_id)
+    return render_template("job.html", job=jobs.public_view(job), stages=STAGES,
+                           preview=current_app.config["PREVIEW_AVAILABLE"])
+
+
+@pages.get("/jobs/<job_id>/status")
+def job_status(job_id: str):
+    return jsonify(jobs.public_view(_job(job_id)))
+
+
+@pages.post("/jobs/<job_id>/series")
+def choose(job_id: str):
+    _job(job_id)
+    try:
+        jobs.choose_series(_settings(), job_id, _owner(), request.form.get("series", ""))
+    except jobs.JobConflict as exc:
+        abort(409, str(exc))
+    return redirect(url_for("pages.job_page", job_id=job_id), 303)
+
+
+@pages.get("/jobs/<job_id>/download")
+def download(job_id: str):
+    job = _job(job_id)
+    return _send_result(_settings(), job, as_attachment=request.args.get("inline") != "1")
+
+
+@pages.post("/jobs/<job_id>/delete")
+def delete(job_id: str):
+    _job(job_id)
+    jobs.delete_job(_settings(), job_id, _owner())
+    return redirect(url_for("pages.job_page", job_id=job_id), 303)
+
+
+def _send_result(settings: Settings, job, as_attachment: bool = True):
+    """The model file of a done job; 409 before it is done, 410 once it is deleted."""
+    if job.state == "deleted":
+        abort(410, "the model was deleted (results are kept for one hour after conversion)")
+    if job.state != "done":
+        abort(409, f"the job is {job.state}; the model is there once it is done")
+    fmt = job.options.get("format", "stl")
+    path = storage.result_path(settings, job.id, fmt)
+    if not path.is_file():
+        abort(410, "the model was deleted")
+    mimetype = "model/stl" if fmt.startswith("stl") else "model/3mf"
+    return send_file(path, mimetype=mimetype, as_attachment=as_attachment,
+                     download_name=path.name,
+                     max_age=0)
