@@ -50,6 +50,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/convert.py $(SHARED)/ct-phantom-head-1mm --json bench/results/convert-cpu.json
+	$(BIN)/python bench/service.py --json bench/results/service-cpu.json
 
 clean:
 	rm -rf $(VENV) out .pytest_cache web/node_modules test-artifacts

@@ -18,9 +18,8 @@ from dicomstl import __version__
 from dicomstl.cli_service import SERVICE_COMMANDS, add_commands, run
 from dicomstl.errors import ConfigError, ConversionError
 from gpu_worker.backend import BACKENDS
-from gpu_worker.pipeline import STAGES, Options, convert, inspect
+from gpu_worker.options import FORMATS, STAGES, Options
 from gpu_worker.presets import PRESETS
-from gpu_worker.stl import FORMATS
 
 err = Console(stderr=True)
 out = Console()
@@ -79,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _convert(args: argparse.Namespace) -> int:
+    from gpu_worker.pipeline import convert
+
     fmt = args.format or ("3mf" if args.output.lower().endswith(".3mf") else "stl")
     options = Options(preset=args.preset, level=args.level, series=args.series,
                       time_point=args.time_point, crop=args.crop, downsample=args.downsample,
@@ -114,6 +115,8 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    from gpu_worker.pipeline import inspect
+
     found, stacks = inspect(args.inputs)
     if args.json:
         out.print_json(json.dumps({

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from dicomstl.errors import ConversionError
-from gpu_worker.pipeline import Options
+from gpu_worker.options import Options
 
 #: option -> (JSON type name, Python types accepted)
 OPTION_TYPES: dict[str, tuple[str, tuple[type, ...]]] = {

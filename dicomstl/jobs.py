@@ -14,6 +14,7 @@ import logging
 import secrets
 from pathlib import Path
 
+from redis.exceptions import RedisError
 from rq import Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
@@ -24,6 +25,7 @@ from dicomstl import queue as q
 from dicomstl import storage
 from dicomstl.db import ENDED, Job, session_scope, utcnow
 from dicomstl.settings import Settings
+from gpu_worker.options import STAGES
 
 log = logging.getLogger(__name__)
 
@@ -66,30 +68,25 @@ def create_job(settings: Settings, owner: str, options: dict, parts: list[Path],
             return earlier, False
     job_id = new_job_id()
     now = utcnow()
+    sizes = sum(p.stat().st_size for p in parts)
+    storage.store_upload(settings, job_id, parts)  # the row below never names missing files
+    job = Job(id=job_id, owner=owner, state="queued", queue=queue_name, options=options,
+              idempotency_key=idempotency_key, callback_url=callback_url, created_at=now,
+              queued_at=now, attempts=1, stages_done=[],
+              delete_after=_deadline(settings.upload_ttl_s, now), upload_files=len(parts),
+              upload_bytes=sizes)
     try:
         with session_scope(url) as session:
-            job = Job(id=job_id, owner=owner, state="uploaded", queue=queue_name,
-                      options=options, idempotency_key=idempotency_key,
-                      callback_url=callback_url, created_at=now, attempts=0,
-                      stages_done=[], delete_after=_deadline(settings.upload_ttl_s, now),
-                      upload_files=len(parts),
-                      upload_bytes=sum(p.stat().st_size for p in parts))
             session.add(job)
-    except IntegrityError:  # a concurrent retry with the same key won the race
-        _discard(parts)
-        earlier = find_idempotent(url, owner, idempotency_key or "")
-        if earlier is None:
-            raise
-        return earlier, False
-    try:
-        storage.store_upload(settings, job_id, parts)
-    except BaseException:
+    except BaseException as exc:
         storage.delete_job_files(settings, job_id)
-        _discard(parts)
-        with session_scope(url) as session:
-            session.get(Job, job_id).state = "deleted"
+        if isinstance(exc, IntegrityError):  # a concurrent retry with this key won the race
+            earlier = find_idempotent(url, owner, idempotency_key or "")
+            if earlier is not None:
+                return earlier, False
         raise
-    return enqueue(settings, job_id), True
+    _put_on_queue(settings, job_id, queue_name, 1)
+    return job, True
 
 
 def _discard(parts: list[Path]) -> None:
@@ -132,12 +129,21 @@ def enqueue(settings: Settings, job_id: str) -> Job:
         job.message = None
         run = job.attempts
         queue_name = job.queue
-    q.queue(settings.redis_url, queue_name).enqueue_call(
-        "gpu_worker.tasks.run_conversion", args=(job_id, run), job_id=f"{job_id}_r{run}",
-        timeout=settings.job_timeout_s, result_ttl=settings.result_ttl_s,
-        failure_ttl=settings.result_ttl_s, ttl=settings.upload_ttl_s,
-        retry=Retry(max=2, interval=[5, 30]), description="conversion")
+    _put_on_queue(settings, job_id, queue_name, run)
     return get_job(settings, job_id)
+
+
+def _put_on_queue(settings: Settings, job_id: str, queue_name: str, run: int) -> None:
+    """The RQ entry for run ``run``; if Redis is down, the scheduler enqueues it later."""
+    try:
+        q.queue(settings.redis_url, queue_name).enqueue_call(
+            "gpu_worker.tasks.run_conversion", args=(job_id, run), job_id=f"{job_id}_r{run}",
+            timeout=settings.job_timeout_s, result_ttl=settings.result_ttl_s,
+            failure_ttl=settings.result_ttl_s, ttl=settings.upload_ttl_s,
+            retry=Retry(max=2, interval=[5, 30]), description="conversion")
+    except RedisError:
+        log.warning("job %s stays queued without a queue entry: Redis is unreachable; the "
+                    "scheduler will enqueue it", job_id[:8])
 
 
 def choose_series(settings: Settings, job_id: str, owner: str, uid: str) -> Job:
@@ -316,8 +322,6 @@ def _iso(value: dt.datetime | None) -> str | None:
 
 def public_view(job: Job) -> dict:
     """What the job's owner may see of it (JSON): no paths, no owner, no patient data."""
-    from gpu_worker.pipeline import STAGES
-
     done = [s for s in STAGES if s in (job.stages_done or [])]
     return {
         "id": job.id, "state": job.state, "queue": job.queue, "options": job.options,

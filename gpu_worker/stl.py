@@ -15,8 +15,8 @@ import numpy as np
 
 from dicomstl import __version__
 from gpu_worker.mesh import Mesh
+from gpu_worker.options import FORMATS
 
-FORMATS = ("stl", "stl-ascii", "3mf")
 HEADER = f"dicomstl {__version__} binary STL; units mm; patient LPS coordinates".encode()
 
 

@@ -7,7 +7,7 @@ from functools import cache
 from dicomstl import __version__
 from dicomstl.db import STATES
 from dicomstl.job_options import OPTION_TYPES
-from gpu_worker.pipeline import STAGES
+from gpu_worker.options import STAGES
 
 
 def _nullable(kind: str, **extra) -> dict:

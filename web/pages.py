@@ -26,9 +26,8 @@ from dicomstl import jobs, storage
 from dicomstl.errors import ConversionError
 from dicomstl.job_options import form_options
 from dicomstl.settings import Settings
-from gpu_worker.pipeline import STAGES
+from gpu_worker.options import FORMATS, STAGES
 from gpu_worker.presets import PRESETS
-from gpu_worker.stl import FORMATS
 from web.uploads import take_files
 
 pages = Blueprint("pages", __name__)
