@@ -52,7 +52,9 @@ def authenticate(database_url: str, key: str) -> ApiKey | None:
             return None
         if not hmac.compare_digest(row.key_hash, digest):
             return None
-        row.last_used_at = utcnow()
+        now = utcnow()
+        if row.last_used_at is None or (now - row.last_used_at).total_seconds() > 60:
+            row.last_used_at = now  # at most one write a minute per key
         return row
 
 

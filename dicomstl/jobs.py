@@ -1,7 +1,8 @@
 """Jobs: made by the web, run by the worker, recovered and deleted by the scheduler.
 
-States move ``uploaded → queued → running → done | failed → deleted``. A job waiting for the
-user to pick a series goes back to ``uploaded`` with ``choices``. Every row holds its deletion
+States move ``uploaded → queued → running → done | failed → deleted``. A job is stored
+and queued in one step once its upload has arrived; a job waiting for the user to pick a
+series goes back to ``uploaded`` with ``choices``. Every row holds its deletion
 deadline (``delete_after``): an upload's arrival + ``upload_ttl_s`` until it is converted,
 then the conversion's end + ``result_ttl_s``. The raw upload is deleted as soon as the
 conversion ends, done or failed.
@@ -68,13 +69,13 @@ def create_job(settings: Settings, owner: str, options: dict, parts: list[Path],
             return earlier, False
     job_id = new_job_id()
     now = utcnow()
-    sizes = sum(p.stat().st_size for p in parts)
+    total_bytes = sum(p.stat().st_size for p in parts)
     storage.store_upload(settings, job_id, parts)  # the row below never names missing files
     job = Job(id=job_id, owner=owner, state="queued", queue=queue_name, options=options,
               idempotency_key=idempotency_key, callback_url=callback_url, created_at=now,
               queued_at=now, attempts=1, stages_done=[],
               delete_after=_deadline(settings.upload_ttl_s, now), upload_files=len(parts),
-              upload_bytes=sizes)
+              upload_bytes=total_bytes)
     try:
         with session_scope(url) as session:
             session.add(job)
@@ -216,13 +217,14 @@ def requeue_after_error(settings: Settings, job_id: str) -> None:
             job.state = "queued"
 
 
-def finish(settings: Settings, job_id: str, *, report: dict | None = None,
+def finish(settings: Settings, job_id: str, run: int, *, report: dict | None = None,
            result_bytes: int | None = None, message: str | None = None,
            choices: list[dict] | None = None) -> Job | None:
-    """End a run: done (with a report), failed (with a message) or waiting for a choice.
+    """End run ``run``: done (with a report), failed (with a message) or waiting for a choice.
 
     The raw upload is deleted unless the job waits for a choice. A job deleted while it ran
-    stays deleted and loses whatever the run wrote. Returns the row, None if it is gone.
+    stays deleted and loses whatever the run wrote; a run that was given up for lost (a newer
+    run exists) changes nothing. Returns the row, None if it is gone.
     """
     now = utcnow()
     with session_scope(settings.database_url) as session:
@@ -230,9 +232,10 @@ def finish(settings: Settings, job_id: str, *, report: dict | None = None,
         if job is None:
             storage.delete_job_files(settings, job_id)
             return None
-        if job.state != "running":
-            if job.state == "deleted":
-                storage.delete_job_files(settings, job_id)
+        if job.state == "deleted":
+            storage.delete_job_files(settings, job_id)
+            return job
+        if job.state != "running" or job.attempts != run:
             return job
         job.stage = None
         job.heartbeat_at = None
@@ -286,7 +289,7 @@ def recover(settings: Settings, now: dt.datetime | None = None) -> dict[str, int
             enqueue(settings, job_id)
         else:
             runs = get_job(settings, job_id).attempts
-            finish(settings, job_id, message=LOST_MESSAGE.format(n=runs))
+            finish(settings, job_id, runs, message=LOST_MESSAGE.format(n=runs))
             counts["failed"] += 1
     connection = q.connect(settings.redis_url)
     for job_id, run in queued:

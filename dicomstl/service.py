@@ -81,6 +81,8 @@ def up(settings: Settings) -> int:
     if settings.redis_url is None:
         redis_proc, env["REDIS_URL"] = start_embedded_redis(settings.data_dir)
     port = settings.port
+    if port == 0:  # any free port
+        port = _free_port(settings.host)
     with socket.socket() as probe:
         if probe.connect_ex((settings.host, port)) == 0:
             port = _free_port(settings.host)

@@ -67,7 +67,7 @@ def run_conversion(job_id: str, run: int) -> str:
 
 
 def _convert(settings: Settings, job) -> str:
-    job_id = job.id
+    job_id, run = job.id, job.attempts
     fmt = job.options.get("format", "stl")
     output = storage.result_path(settings, job_id, fmt)
     try:
@@ -78,15 +78,15 @@ def _convert(settings: Settings, job) -> str:
                              settings, job_id, stage, state))
     except SeriesChoiceError as exc:
         if exc.choices and not job.options.get("series"):
-            jobs.finish(settings, job_id, message=CHOICE_MESSAGE, choices=exc.choices)
+            jobs.finish(settings, job_id, run, message=CHOICE_MESSAGE, choices=exc.choices)
             return "uploaded"
-        jobs.finish(settings, job_id, message=str(exc))
+        jobs.finish(settings, job_id, run, message=str(exc))
         return "failed"
     except ConversionError as exc:
-        jobs.finish(settings, job_id, message=str(exc))
+        jobs.finish(settings, job_id, run, message=str(exc))
         return "failed"
     except JobTimeoutException:
-        jobs.finish(settings, job_id, message=(
+        jobs.finish(settings, job_id, run, message=(
             f"the conversion took longer than the limit of {settings.job_timeout_s // 60} "
             "minutes; try a crop, --downsample or a smaller triangle budget"))
         return "failed"
@@ -98,15 +98,15 @@ def _convert(settings: Settings, job) -> str:
             jobs.requeue_after_error(settings, job_id)
             raise
         log.exception("job %s failed after its retries", job_id[:8])
-        jobs.finish(settings, job_id, message=INTERNAL_MESSAGE)
+        jobs.finish(settings, job_id, run, message=INTERNAL_MESSAGE)
         return "failed"
     except Exception:
         log.exception("internal error in job %s", job_id[:8])
-        jobs.finish(settings, job_id, message=INTERNAL_MESSAGE)
+        jobs.finish(settings, job_id, run, message=INTERNAL_MESSAGE)
         return "failed"
     report = result.as_dict()
     report["output"] = output.name
-    ended = jobs.finish(settings, job_id, report=report, result_bytes=result.bytes_written)
+    ended = jobs.finish(settings, job_id, run, report=report, result_bytes=result.bytes_written)
     return ended.state if ended else "deleted"
 
 

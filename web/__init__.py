@@ -63,9 +63,13 @@ def create_app(settings: Settings | None = None, run_migrations: bool = True) ->
     def healthz():
         return {"ok": True, "version": __version__}
 
+    def wants_json() -> bool:
+        return request.path.startswith("/api/") or \
+            request.accept_mimetypes.best == "application/json"
+
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
-        if request.path.startswith("/api/"):
+        if wants_json():
             return {"error": _error_text(exc)}, exc.code
         return render_template("error.html", code=exc.code, message=_error_text(exc)), exc.code
 
@@ -73,7 +77,7 @@ def create_app(settings: Settings | None = None, run_migrations: bool = True) ->
     def internal_error(exc: Exception):
         log.exception("internal error on %s %s", request.method, request.url_rule)
         text = "internal error; it has been logged. Please try again later."
-        if request.path.startswith("/api/"):
+        if wants_json():
             return {"error": text}, 500
         return render_template("error.html", code=500, message=text), 500
 

@@ -197,3 +197,29 @@ def test_form_upload_belongs_to_its_browser_session(app, settings, series):
     assert browser.post("/upload", data={"files": _files(series[:1])},
                         content_type="multipart/form-data").status_code == 400
     assert list(settings.incoming_dir.iterdir()) == []
+
+
+def test_a_run_given_up_for_lost_cannot_overwrite_the_next(app, settings, api_key, series):
+    """A worker that only looked dead (a long stage without heartbeats) and finishes after
+    its job was re-run changes nothing; the new run's outcome stands."""
+    job_id = _submit(app.test_client(), api_key, series).json["id"]
+    assert jobs.start_run(settings, job_id, 1).state == "running"
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=settings.stall_after_s + 1)
+    assert jobs.recover(settings, later) == {"rerun": 1, "failed": 0, "requeued": 0}
+    assert jobs.start_run(settings, job_id, 1) is None  # the old run may not restart
+    stale = jobs.finish(settings, job_id, 1, message="late failure of the first run")
+    assert stale.state == "queued" and stale.attempts == 2 and stale.message is None
+    assert (settings.jobs_dir / job_id / "upload").is_dir()
+    assert jobs.start_run(settings, job_id, 2).state == "running"
+    done = jobs.finish(settings, job_id, 2, report={"mesh": {}}, result_bytes=84)
+    assert done.state == "done" and not (settings.jobs_dir / job_id / "upload").exists()
+
+
+def test_a_queued_job_whose_queue_entry_vanished_is_queued_again(app, settings, api_key,
+                                                                 series):
+    job_id = _submit(app.test_client(), api_key, series).json["id"]
+    connect(settings.redis_url).flushall()  # a Redis restart without persistence
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=settings.stall_after_s + 1)
+    assert jobs.recover(settings, later)["requeued"] == 1
+    queued = Queue("bulk", connection=connect(settings.redis_url)).job_ids
+    assert queued == [f"{job_id}_r2"]
