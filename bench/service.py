@@ -60,22 +60,22 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def _peak_rss_mb(pid: int) -> float:
+def _status_mb(pid: int, field: str) -> float:
+    """A memory line of /proc/PID/status in MiB: VmHWM (peak resident) or VmRSS (now)."""
     try:
         text = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return 0.0
-    match = re.search(r"VmHWM:\s+(\d+) kB", text)
+    match = re.search(rf"{field}:\s+(\d+) kB", text)
     return int(match.group(1)) / 1024 if match else 0.0
+
+
+def _peak_rss_mb(pid: int) -> float:
+    return _status_mb(pid, "VmHWM")
 
 
 def _rss_mb(pid: int) -> float:
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0.0
-    match = re.search(r"VmRSS:\s+(\d+) kB", text)
-    return int(match.group(1)) / 1024 if match else 0.0
+    return _status_mb(pid, "VmRSS")
 
 
 def _roles(up_pid: int) -> dict[str, list[int]]:

@@ -223,3 +223,29 @@ def test_a_queued_job_whose_queue_entry_vanished_is_queued_again(app, settings, 
     assert jobs.recover(settings, later)["requeued"] == 1
     queued = Queue("bulk", connection=connect(settings.redis_url)).job_ids
     assert queued == [f"{job_id}_r2"]
+
+
+def test_series_choice_page(app, settings, series):
+    """When the worker finds several series, the job page offers them (no patient data) and
+    the choice queues the job again with that series."""
+    browser = app.test_client()
+    token = browser.get("/").data.split(b'name="csrf_token" value="')[1].split(b'"')[0]
+    r = browser.post("/upload", data={"files": _files(series), "csrf_token": token.decode()},
+                     content_type="multipart/form-data")
+    job_id = r.headers["Location"].rsplit("/", 1)[1]
+    choices = [{"uid": "1.2.3", "modality": "CT", "description": "BRAIN 5MM", "slices": 28,
+                "time_points": 1, "size": [512, 512, 28], "spacing_mm": [0.45, 0.45, 5.0]},
+               {"uid": "1.2.4", "modality": "MR", "description": "EPI", "slices": 63,
+                "time_points": 1, "size": [86, 86, 63], "spacing_mm": [2.2, 2.2, 2.2]}]
+    jobs.start_run(settings, job_id, 1)
+    jobs.finish(settings, job_id, 1, message="pick one", choices=choices)
+    page = browser.get(f"/jobs/{job_id}").data.decode()
+    assert 'value="1.2.3"' in page and "BRAIN 5MM" in page and "86 × 86 × 63" in page
+    assert (settings.jobs_dir / job_id / "upload").is_dir()  # kept for the choice
+    bad = browser.post(f"/jobs/{job_id}/series", data={"series": "9.9", "csrf_token": token})
+    assert bad.status_code == 409
+    ok = browser.post(f"/jobs/{job_id}/series", data={"series": "1.2.4", "csrf_token": token})
+    assert ok.status_code == 303
+    job = browser.get(f"/jobs/{job_id}/status").json
+    assert job["state"] == "queued" and job["options"]["series"] == "1.2.4"
+    assert job["choices"] is None and job["attempts"] == 2

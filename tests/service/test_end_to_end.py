@@ -148,3 +148,24 @@ def test_killed_worker_job_is_rerun_once_then_failed(shared_dicom, settings, wor
     assert failed.state == "failed" and "stopped unexpectedly 2 times" in failed.message
     assert not (settings.jobs_dir / job.id / "upload").exists()
     assert not (settings.jobs_dir / job.id / "result").exists()  # no half-written model
+
+
+def test_no_patient_data_in_logs_job_or_model(web_url, worker, api_key, settings, tmp_path):
+    """A synthetic series carrying a patient's name and id converts; neither appears in the
+    web and worker logs, the job's JSON, the stored file names or the model."""
+    from tests.dicom_factory import PATIENT_ID, PATIENT_NAME, lps_grid, sphere_hu, write_series
+
+    origins = [(0.0, 0.0, 2.0 * k) for k in range(10)]
+    grid = lps_grid((10, 32, 32), (1, 0, 0), (0, 1, 0), (1.0, 1.0), origins)
+    folder = tmp_path / PATIENT_NAME  # even the folder is named after the patient
+    write_series(folder, sphere_hu(grid, (16.0, 16.0, 9.0), 6.0, 1.0), origins=origins)
+    worker()
+    client = Client(web_url, api_key.key)
+    job = client.wait(client.submit([folder], {"level": 0})["id"], poll_s=0.3, timeout_s=120)
+    assert job["state"] == "done", job["message"]
+    model = client.download(job["id"], tmp_path / "model.stl").read_bytes()
+    stored = [p.name for p in settings.data_dir.rglob("*")]
+    texts = [(tmp_path / "worker.log").read_text(), (tmp_path / "web.log").read_text(),
+             json.dumps(job), " ".join(stored), model[:80].decode("ascii", "replace")]
+    for secret in (PATIENT_NAME, PATIENT_ID, "DOE"):
+        assert not any(secret in text for text in texts), secret
