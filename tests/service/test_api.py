@@ -249,3 +249,37 @@ def test_series_choice_page(app, settings, series):
     job = browser.get(f"/jobs/{job_id}/status").json
     assert job["state"] == "queued" and job["options"]["series"] == "1.2.4"
     assert job["choices"] is None and job["attempts"] == 2
+
+
+def test_transient_errors_are_retried_user_errors_are_not(app, settings, api_key, series,
+                                                          tmp_path, monkeypatch):
+    """A full disk sends the job back to the queue for RQ's retry with backoff; a bad upload
+    fails at once with its message and is not retried."""
+    from rq import SimpleWorker
+    from rq.job import Job as RQJob
+
+    from gpu_worker import tasks
+
+    client = app.test_client()
+    conn = connect(settings.redis_url)
+    job_id = _submit(client, api_key, series).json["id"]
+
+    def full_disk(*_args, **_kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tasks, "convert", full_disk)  # fault injection at the disk boundary
+    SimpleWorker([Queue("bulk", connection=conn)], connection=conn).work(burst=True)
+    assert jobs.get_job(settings, job_id).state == "queued"
+    entry = RQJob.fetch(f"{job_id}_r1", connection=conn)
+    assert entry.get_status() == "scheduled" and entry.retries_left == 1
+    monkeypatch.undo()
+
+    text = tmp_path / "notes.txt"
+    text.write_text("not DICOM\n" * 50)
+    bad = client.post("/api/v1/jobs", data={"files": [(text.open("rb"), "part")]},
+                      content_type="multipart/form-data", headers=auth(api_key)).json["id"]
+    SimpleWorker([Queue("bulk", connection=conn)], connection=conn).work(burst=True)
+    failed = jobs.get_job(settings, bad)
+    assert failed.state == "failed" and "DICOM" in failed.message
+    assert RQJob.fetch(f"{bad}_r1", connection=conn).get_status() == "finished"
+    assert not (settings.jobs_dir / bad / "upload").exists()
