@@ -122,10 +122,8 @@ def _inspect(args: argparse.Namespace) -> int:
         out.print_json(json.dumps({
             "files": len(found.sources), "not_dicom": found.not_dicom,
             "not_image": found.not_image,
-            "series": [{"uid": s.uid, "modality": s.modality, "description": s.description,
-                        "slices": s.positions, "time_points": s.time_points,
-                        "size": [s.cols, s.rows, s.positions], "spacing_mm": s.spacing_mm,
-                        "usable": s.usable, "problem": s.problem} for s in stacks]}))
+            "series": [{**s.as_choice(), "usable": s.usable, "problem": s.problem}
+                       for s in stacks]}))
         return 0
     table = Table(title=f"{len(found.sources)} files: {len(found.frames)} image frames, "
                         f"{found.not_dicom} not DICOM, {found.not_image} non-image objects")

@@ -193,13 +193,16 @@ def start_run(settings: Settings, job_id: str, run: int) -> Job | None:
 
 
 def record_progress(settings: Settings, job_id: str, stage: str, state: str) -> None:
+    """A pipeline progress event. Stages run one after another, so a stage's start also marks
+    the one before it done: one write per stage (the last is marked done by ``finish``)."""
+    if state != "start":
+        return
     with session_scope(settings.database_url) as session:
         job = session.get(Job, job_id)
         job.heartbeat_at = utcnow()
-        if state == "start":
-            job.stage = stage
-        else:
-            job.stages_done = [*job.stages_done, stage]
+        if job.stage is not None:
+            job.stages_done = [*job.stages_done, job.stage]
+        job.stage = stage
 
 
 def heartbeat(settings: Settings, job_id: str) -> None:
@@ -247,6 +250,7 @@ def finish(settings: Settings, job_id: str, run: int, *, report: dict | None = N
         job.message = message
         if report is not None:
             job.state, job.report, job.result_bytes = "done", report, result_bytes
+            job.stages_done = list(STAGES)
         else:
             job.state = "failed"
     storage.delete_upload(settings, job_id)

@@ -50,15 +50,9 @@ class Settings:
         return self.data_dir / "incoming"
 
 
-_ENV = {  # field -> environment variable
-    "host": "DICOMSTL_HOST", "port": "DICOMSTL_PORT", "web_workers": "DICOMSTL_WEB_WORKERS",
-    "web_threads": "DICOMSTL_WEB_THREADS", "max_upload_bytes": "DICOMSTL_MAX_UPLOAD_BYTES",
-    "max_upload_files": "DICOMSTL_MAX_UPLOAD_FILES", "job_timeout_s": "DICOMSTL_JOB_TIMEOUT_S",
-    "result_ttl_s": "DICOMSTL_RESULT_TTL_S", "upload_ttl_s": "DICOMSTL_UPLOAD_TTL_S",
-    "heartbeat_s": "DICOMSTL_HEARTBEAT_S", "stall_after_s": "DICOMSTL_STALL_AFTER_S",
-    "max_attempts": "DICOMSTL_MAX_ATTEMPTS", "sweep_interval_s": "DICOMSTL_SWEEP_INTERVAL_S",
-    "callback_timeout_s": "DICOMSTL_CALLBACK_TIMEOUT_S", "backend": "DICOMSTL_BACKEND",
-}
+#: Fields read from the environment in their own way, not as DICOMSTL_<FIELD NAME>.
+_SPECIAL = {"data_dir", "database_url", "redis_url", "secret_key"}
+_KINDS = {"int": int, "float": float, "str": str}
 
 
 def _secret_key(data_dir: Path) -> str:
@@ -87,13 +81,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         "redis_url": env.get("REDIS_URL") or None,
         "secret_key": env.get("DICOMSTL_SECRET_KEY") or _secret_key(data_dir),
     }
-    types = {f.name: f.type for f in fields(Settings)}
-    for name, var in _ENV.items():
-        if var not in env:
+    for f in fields(Settings):
+        var = "DICOMSTL_" + f.name.upper()
+        if f.name in _SPECIAL or var not in env:
             continue
-        kind = {"int": int, "float": float, "str": str}[types[name]]
+        kind = _KINDS[f.type]
         try:
-            values[name] = kind(env[var])
+            values[f.name] = kind(env[var])
         except ValueError:
             raise ConfigError(f"{var} must be {'a whole number' if kind is int else 'a number'}"
                               f", not {env[var]!r}") from None

@@ -61,10 +61,6 @@ def delete_job_files(settings: Settings, job_id: str) -> None:
     shutil.rmtree(job_dir(settings, job_id), ignore_errors=True)
 
 
-def folder_bytes(path: Path) -> int:
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
 def sweep_incoming(settings: Settings, max_age_s: float) -> int:
     """Delete parts of uploads that never finished arriving, older than ``max_age_s``."""
     cutoff = time.time() - max_age_s

@@ -106,7 +106,7 @@ class SeriesStack:
         return {"uid": self.uid, "modality": self.modality, "description": self.description,
                 "slices": self.positions, "time_points": self.time_points,
                 "size": [self.cols, self.rows, self.positions],
-                "spacing_mm": [round(float(v), 4) for v in self.spacing_mm]}
+                "spacing_mm": [float(v) for v in self.spacing_mm]}
 
     def summary(self) -> str:
         """One line for users: modality, description, slices, size, spacing (no patient data)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from flask import Flask, abort, render_template, request, send_from_directory
+from flask import Flask, abort, current_app, render_template, request, send_from_directory
 from flask_wtf.csrf import CSRFProtect
 from werkzeug.exceptions import HTTPException
 
@@ -85,14 +85,8 @@ def create_app(settings: Settings | None = None, run_migrations: bool = True) ->
 
 
 def _error_text(exc: HTTPException) -> str:
-    if exc.code == 413:
-        limit = load_limit()
-        return f"the upload is larger than the limit of {limit}; split it or crop it first"
-    return exc.description or exc.name
-
-
-def load_limit() -> str:
-    from flask import current_app
-
+    if exc.code != 413:
+        return exc.description or exc.name
     size = current_app.config["MAX_CONTENT_LENGTH"]
-    return f"{size / 1024**3:.3g} GiB" if size >= 1024**3 else f"{size / 1024**2:.3g} MiB"
+    limit = f"{size / 1024**3:.3g} GiB" if size >= 1024**3 else f"{size / 1024**2:.3g} MiB"
+    return f"the upload is larger than the limit of {limit}; split it or crop it first"

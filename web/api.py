@@ -16,7 +16,7 @@ from dicomstl import apikeys, jobs
 from dicomstl.errors import ConversionError
 from dicomstl.job_options import parse_options
 from web.openapi import spec
-from web.pages import _send_result
+from web.pages import send_result
 from web.uploads import take_files
 
 api = Blueprint("api", __name__)
@@ -112,7 +112,7 @@ def get_job(job_id: str):
 
 @api.get("/jobs/<job_id>/result")
 def result(job_id: str):
-    return _send_result(current_app.config["SETTINGS"], _job(job_id))
+    return send_result(current_app.config["SETTINGS"], _job(job_id))
 
 
 @api.delete("/jobs/<job_id>")

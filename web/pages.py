@@ -109,7 +109,7 @@ def choose(job_id: str):
 @pages.get("/jobs/<job_id>/download")
 def download(job_id: str):
     job = _job(job_id)
-    return _send_result(_settings(), job, as_attachment=request.args.get("inline") != "1")
+    return send_result(_settings(), job, as_attachment=request.args.get("inline") != "1")
 
 
 @pages.post("/jobs/<job_id>/delete")
@@ -119,7 +119,7 @@ def delete(job_id: str):
     return redirect(url_for("pages.job_page", job_id=job_id), 303)
 
 
-def _send_result(settings: Settings, job, as_attachment: bool = True):
+def send_result(settings: Settings, job, as_attachment: bool = True):
     """The model file of a done job; 409 before it is done, 410 once it is deleted."""
     if job.state == "deleted":
         abort(410, "the model was deleted (results are kept for one hour after conversion)")
