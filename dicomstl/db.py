@@ -145,10 +145,10 @@ def migrate(url: str) -> None:
     """Apply every Alembic migration the database lacks (a no-op when it is current)."""
     import logging
 
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # before its import-time logs
     from alembic import command
     from alembic.config import Config
 
-    logging.getLogger("alembic").setLevel(logging.WARNING)
     config = Config()
     config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))

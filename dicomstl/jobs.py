@@ -253,9 +253,10 @@ def finish(settings: Settings, job_id: str, run: int, *, report: dict | None = N
             job.stages_done = list(STAGES)
         else:
             job.state = "failed"
-    storage.delete_upload(settings, job_id)
-    if job.state == "failed":  # a run that died may have left a partial model
-        storage.delete_result(settings, job_id)
+    if job.state == "failed":  # nothing to keep, not even a partial model or empty folders
+        storage.delete_job_files(settings, job_id)
+    else:
+        storage.delete_upload(settings, job_id)
     if job.callback_url:
         q.queue(settings.redis_url, "callbacks").enqueue_call(
             "dicomstl.callbacks.deliver", args=(job_id,), result_ttl=0,

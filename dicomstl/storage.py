@@ -52,10 +52,6 @@ def delete_upload(settings: Settings, job_id: str) -> None:
     shutil.rmtree(upload_dir(settings, job_id), ignore_errors=True)
 
 
-def delete_result(settings: Settings, job_id: str) -> None:
-    shutil.rmtree(result_dir(settings, job_id), ignore_errors=True)
-
-
 def delete_job_files(settings: Settings, job_id: str) -> None:
     """Remove everything a job has on disk."""
     shutil.rmtree(job_dir(settings, job_id), ignore_errors=True)
