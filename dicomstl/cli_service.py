@@ -54,6 +54,12 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "submit":
         return _submit(args)
     settings = load_settings()
+    if args.command in ("serve", "worker", "scheduler") and settings.redis_url is None:
+        from dicomstl.errors import ConfigError
+
+        raise ConfigError(f"REDIS_URL is not set: `dicomstl up` starts a Redis itself, but "
+                          f"`dicomstl {args.command}` on its own needs one, e.g. "
+                          "REDIS_URL=redis://127.0.0.1:6379/0")
     if args.command == "up":
         from dicomstl.service import up
         return up(settings)

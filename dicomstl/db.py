@@ -1,4 +1,4 @@
-"""Database: the job and API-key tables, the engine, sessions and migrations.
+"""Database: the job, API-key and IP-log tables, the engine, sessions and migrations.
 
 SQLite by default, PostgreSQL when ``DATABASE_URL`` says so. The schema is owned by the Alembic
 migrations in ``dicomstl/migrations``; ``migrate`` brings a database to the newest one.
@@ -75,7 +75,7 @@ class Job(Base):
     queued_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
-    deleted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, index=True)
     delete_after: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
     heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -102,6 +102,20 @@ class ApiKey(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class IpLogEntry(Base):
+    """One upload, API call or login attempt: who (IP) and where (the route's pattern, never a
+    URL with ids), for abuse review and rate limits. Deleted after 30 days (scheduler/)."""
+
+    __tablename__ = "ip_log"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                    primary_key=True)
+    ip: Mapped[str] = mapped_column(String(45))
+    kind: Mapped[str] = mapped_column(String(16))  # upload | api | login
+    route: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:

@@ -4,8 +4,9 @@ States move ``uploaded → queued → running → done | failed → deleted``. A
 and queued in one step once its upload has arrived; a job waiting for the user to pick a
 series goes back to ``uploaded`` with ``choices``. Every row holds its deletion
 deadline (``delete_after``): an upload's arrival + ``upload_ttl_s`` until it is converted,
-then the conversion's end + ``result_ttl_s``. The raw upload is deleted as soon as the
-conversion ends, done or failed.
+the longest the run may take while it runs, then the conversion's end + ``result_ttl_s``.
+The raw upload is deleted as soon as the conversion ends, done or failed; the scheduler
+(``scheduler/retention.py``) deletes whatever reaches its deadline.
 """
 
 from __future__ import annotations
@@ -19,16 +20,25 @@ from redis.exceptions import RedisError
 from rq import Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from dicomstl import queue as q
 from dicomstl import storage
-from dicomstl.db import ENDED, Job, session_scope, utcnow
+from dicomstl.db import Job, session_scope, utcnow
 from dicomstl.settings import Settings
 from gpu_worker.options import STAGES
 
 log = logging.getLogger(__name__)
+
+#: What a deleted job keeps of its report: the model's numbers, nothing about the series.
+KEPT_REPORT = ("mesh", "bytes", "level", "level_source", "backend", "volume_shape_kji",
+               "timings_s")
+
+#: RQ's own expiry of a job's entries comes this long (seconds) after the job's deadline: the
+#: scheduler deletes them at the deadline, with their places in RQ's registries (an entry
+#: that expired first would leave those behind); the expiry only backs it up.
+QUEUE_EXPIRY_MARGIN_S = 600
 
 #: What a user sees when a worker died twice on the same job.
 LOST_MESSAGE = ("the conversion stopped unexpectedly {n} times (the worker running it was "
@@ -139,8 +149,10 @@ def _put_on_queue(settings: Settings, job_id: str, queue_name: str, run: int) ->
     try:
         q.queue(settings.redis_url, queue_name).enqueue_call(
             "gpu_worker.tasks.run_conversion", args=(job_id, run), job_id=f"{job_id}_r{run}",
-            timeout=settings.job_timeout_s, result_ttl=settings.result_ttl_s,
-            failure_ttl=settings.result_ttl_s, ttl=settings.upload_ttl_s,
+            timeout=settings.job_timeout_s,
+            result_ttl=settings.result_ttl_s + QUEUE_EXPIRY_MARGIN_S,
+            failure_ttl=settings.result_ttl_s + QUEUE_EXPIRY_MARGIN_S,
+            ttl=settings.upload_ttl_s + QUEUE_EXPIRY_MARGIN_S,
             retry=Retry(max=2, interval=[5, 30]), description="conversion")
     except RedisError:
         log.warning("job %s stays queued without a queue entry: Redis is unreachable; the "
@@ -163,18 +175,57 @@ def choose_series(settings: Settings, job_id: str, owner: str, uid: str) -> Job:
 
 def delete_job(settings: Settings, job_id: str, owner: str | None,
                message: str | None = None) -> Job:
-    """Delete a job's files now and mark it deleted (the row stays, without files)."""
+    """Delete a job's files and queue entries now and mark it deleted (the row stays, without
+    files and without series details, so its owner learns it is gone)."""
     get_job(settings, job_id, owner)
-    with session_scope(settings.database_url) as session:
-        job = session.get(Job, job_id, with_for_update=True)
-        if job.state != "deleted":
-            job.state = "deleted"
-            job.deleted_at = utcnow()
-            job.choices = None
-            if message:
-                job.message = message
+    mark_deleted(settings, job_id, message=message)
     storage.delete_job_files(settings, job_id)
+    purge_queue_entries(settings, job_id)
     return get_job(settings, job_id)
+
+
+def mark_deleted(settings: Settings, job_id: str, now: dt.datetime | None = None,
+                 message: str | None = None) -> bool:
+    """Move a job to ``deleted`` and scrub its series details; True for the one caller that
+    did it. A conditional UPDATE, so two schedulers (or a scheduler and the job's owner) never
+    both count one deletion, on SQLite as on PostgreSQL. The caller deletes the files."""
+    values: dict = {"state": "deleted", "deleted_at": now or utcnow(), "choices": None}
+    if message:
+        values["message"] = message
+    with session_scope(settings.database_url) as session:
+        claimed = session.execute(update(Job).where(Job.id == job_id, Job.state != "deleted")
+                                  .values(**values)).rowcount == 1
+        if claimed:  # the row is locked by the update until this transaction ends
+            job = session.get(Job, job_id)
+            job.options = {k: v for k, v in job.options.items() if k != "series"}
+            if job.report:
+                job.report = {k: v for k, v in job.report.items() if k in KEPT_REPORT}
+    return claimed
+
+
+def queue_entry_ids(job_id: str, runs: int) -> list[str]:
+    """The ids of a job's RQ entries: one per run, and its callback."""
+    return [f"{job_id}_r{n}" for n in range(1, runs + 1)] + [f"{job_id}_cb"]
+
+
+def purge_queue_entries(settings: Settings, job_id: str, runs: int | None = None) -> int:
+    """Delete a job's RQ entries (and their results) from Redis; how many were there.
+
+    An entry a worker is running stays until its run ends (the worker's ``finish`` sees the
+    job deleted, and the scheduler's scan of Redis deletes the entry). Redis being down is
+    logged: that scan catches up later.
+    """
+    if runs is None:
+        runs = get_job(settings, job_id).attempts
+    connection = q.connect(settings.redis_url)
+    removed = 0
+    try:
+        for rq_id in queue_entry_ids(job_id, max(runs, 1)):
+            removed += q.delete_entry(connection, rq_id)
+    except RedisError:
+        log.warning("could not delete job %s's queue entries: Redis is unreachable; the "
+                    "scheduler will", job_id[:8])
+    return removed
 
 
 # The worker's side ---------------------------------------------------------------------------
@@ -187,6 +238,9 @@ def start_run(settings: Settings, job_id: str, run: int) -> Job | None:
             return None
         job.state = "running"
         job.started_at = job.heartbeat_at = utcnow()
+        # while it runs, the deadline is the latest the run can end (then it is the result's)
+        job.delete_after = max(job.delete_after, _deadline(
+            settings.job_timeout_s + settings.stall_after_s, job.started_at))
         job.stage = None
         job.stages_done = []
         return job
@@ -259,8 +313,9 @@ def finish(settings: Settings, job_id: str, run: int, *, report: dict | None = N
         storage.delete_upload(settings, job_id)
     if job.callback_url:
         q.queue(settings.redis_url, "callbacks").enqueue_call(
-            "dicomstl.callbacks.deliver", args=(job_id,), result_ttl=0,
-            failure_ttl=settings.result_ttl_s, retry=Retry(max=4, interval=[10, 60, 300, 900]),
+            "dicomstl.callbacks.deliver", args=(job_id,), job_id=f"{job_id}_cb", result_ttl=0,
+            failure_ttl=settings.result_ttl_s + QUEUE_EXPIRY_MARGIN_S,
+            retry=Retry(max=4, interval=[10, 60, 300, 900]),
             description="callback")
     return job
 
@@ -308,20 +363,6 @@ def recover(settings: Settings, now: dt.datetime | None = None) -> dict[str, int
             enqueue(settings, job_id)
             counts["requeued"] += 1
     return counts
-
-
-def sweep(settings: Settings, now: dt.datetime | None = None) -> int:
-    """Delete every job past its deadline that is not running; returns how many."""
-    now = now or utcnow()
-    with session_scope(settings.database_url) as session:
-        due = list(session.execute(select(Job.id, Job.state).where(
-            Job.delete_after <= now, Job.state.notin_(("deleted", "running")))))
-    for job_id, state in due:
-        message = None if state in ENDED else (
-            "the upload was deleted unconverted when its hour was up")
-        delete_job(settings, job_id, None, message)
-    storage.sweep_incoming(settings, settings.upload_ttl_s)
-    return len(due)
 
 
 def _iso(value: dt.datetime | None) -> str | None:

@@ -16,6 +16,8 @@ from pathlib import Path
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from rq import Queue
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job
 
 QUEUES = ("interactive", "bulk", "callbacks")
 
@@ -28,6 +30,22 @@ def connect(url: str) -> Redis:
 
 def queue(url: str, name: str) -> Queue:
     return Queue(name, connection=connect(url))
+
+
+def delete_entry(connection: Redis, rq_id: str) -> bool:
+    """Delete an RQ entry with its results and registry places; True if this call did.
+
+    An entry a worker is running stays (deleting it would break the worker's bookkeeping);
+    it goes on a later pass, after its run ends.
+    """
+    try:
+        entry = Job.fetch(rq_id, connection=connection)
+        if entry.get_status(refresh=False) == "started":
+            return False
+        entry.delete()
+    except (NoSuchJobError, InvalidJobOperation):  # gone, or deleted by another just now
+        return False
+    return True
 
 
 def start_embedded_redis(data_dir: Path) -> tuple[subprocess.Popen, str]:

@@ -13,16 +13,25 @@ import subprocess
 import sys
 import time
 
-from dicomstl.db import migrate
+from dicomstl.db import engine_for, migrate
 from dicomstl.settings import Settings, configure
 
 log = logging.getLogger(__name__)
 
 
 def serve(settings: Settings) -> None:
-    """The web app under gunicorn (threaded workers, so long uploads block no one)."""
+    """The web app under gunicorn (threaded workers, so long uploads block no one); the
+    master serves the metrics of all its workers."""
     from gunicorn.app.base import BaseApplication
 
+    from dicomstl.metrics import (
+        multiprocess_registry,
+        process_exited,
+        serve_metrics,
+        use_multiprocess_dir,
+    )
+
+    use_multiprocess_dir()  # before the app's metrics are made
     from web import create_app
 
     class App(BaseApplication):
@@ -33,13 +42,18 @@ def serve(settings: Settings) -> None:
                 "graceful_timeout": 10, "accesslog": None, "errorlog": "-",
                 "proc_name": "dicomstl-web", "limit_request_line": 8190,
                 "control_socket_disable": True,
+                "child_exit": lambda _server, worker: process_exited(worker.pid),
             }.items():
                 self.cfg.set(key, value)
 
         def load(self):
-            return create_app(settings)
+            return create_app(settings, run_migrations=False)  # the master migrated
 
     migrate(settings.database_url)
+    # gunicorn forks its workers from this process: none may inherit its pooled connections
+    engine_for(settings.database_url).dispose()
+    serve_metrics(settings.metrics_host, settings.web_metrics_port, "DICOMSTL_WEB_METRICS_PORT",
+                  multiprocess_registry())
     App().run()
 
 
@@ -52,10 +66,13 @@ def run_worker(settings: Settings, burst: bool = False) -> None:
     from rq import SimpleWorker
 
     from dicomstl import queue as q
+    from dicomstl.metrics import serve_metrics
     from gpu_worker.tasks import warm_up
 
     configure(settings)
     migrate(settings.database_url)
+    serve_metrics(settings.metrics_host, settings.worker_metrics_port,
+                  "DICOMSTL_WORKER_METRICS_PORT")
     warm = warm_up(settings.backend)
     log.info("worker ready: %s engine, warmed up in %.2f s", warm["backend"], warm["seconds"])
     connection = q.connect(settings.redis_url)
@@ -71,6 +88,18 @@ def _free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
+def _port_or_free(host: str, port: int, what: str) -> int:
+    """``port``, or a free one when it is 0 or (with a warning) something listens there."""
+    if port == 0:
+        return _free_port(host)
+    with socket.socket() as probe:
+        if probe.connect_ex((host, port)) != 0:
+            return port
+    free = _free_port(host)
+    log.warning("port %d (%s) is taken; using %d", port, what, free)
+    return free
+
+
 def up(settings: Settings) -> int:
     """Everything on one machine until Ctrl-C; returns the exit status."""
     from dicomstl.queue import start_embedded_redis
@@ -80,14 +109,14 @@ def up(settings: Settings) -> int:
     redis_proc = None
     if settings.redis_url is None:
         redis_proc, env["REDIS_URL"] = start_embedded_redis(settings.data_dir)
-    port = settings.port
-    if port == 0:  # any free port
-        port = _free_port(settings.host)
-    with socket.socket() as probe:
-        if probe.connect_ex((settings.host, port)) == 0:
-            port = _free_port(settings.host)
-            log.warning("port %d is taken; using %d", settings.port, port)
+    port = _port_or_free(settings.host, settings.port, "the web app")  # 0: any free port
     env["DICOMSTL_PORT"] = str(port)
+    metrics = {}
+    for name in ("web", "worker", "scheduler"):
+        wanted = getattr(settings, f"{name}_metrics_port")  # 0: none
+        metrics[name] = _port_or_free(settings.metrics_host, wanted, f"{name} metrics") \
+            if wanted else 0
+        env[f"DICOMSTL_{name.upper()}_METRICS_PORT"] = str(metrics[name])
     migrate(settings.database_url)
     children: dict[str, subprocess.Popen] = {}
     for name in ("serve", "worker", "scheduler"):
@@ -104,6 +133,10 @@ def up(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, stop)
     print(f"dicomstl is running at http://{settings.host}:{port}/  (Ctrl-C stops it)",
           flush=True)
+    if any(metrics.values()):
+        print("Prometheus metrics: " + ", ".join(
+            f"{name} http://{settings.metrics_host}:{p}/metrics"
+            for name, p in metrics.items() if p), flush=True)
     status = 0
     while not stopping:
         for name, proc in children.items():

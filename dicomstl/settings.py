@@ -38,6 +38,11 @@ class Settings:
     max_attempts: int = 2  # runs of a job whose worker died before it is failed
     sweep_interval_s: float = 30.0
     callback_timeout_s: float = 10.0
+    metrics_host: str = "127.0.0.1"  # where each process serves /metrics (0.0.0.0 in pods)
+    web_metrics_port: int = 9181  # 0: no metrics from that process
+    worker_metrics_port: int = 9182
+    scheduler_metrics_port: int = 9183
+    proxy_hops: int = 0  # reverse proxies in front of the web app whose X-Forwarded-For counts
     backend: str = "auto"
     gpu_memory_budget: int = 0  # GPU memory one conversion may use; 0: 80% of what is free
 

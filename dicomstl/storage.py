@@ -7,6 +7,7 @@ only by the job id. Nothing else of a job is on disk.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
@@ -57,15 +58,20 @@ def delete_job_files(settings: Settings, job_id: str) -> None:
     shutil.rmtree(job_dir(settings, job_id), ignore_errors=True)
 
 
-def sweep_incoming(settings: Settings, max_age_s: float) -> int:
-    """Delete parts of uploads that never finished arriving, older than ``max_age_s``."""
-    cutoff = time.time() - max_age_s
-    removed = 0
+def incoming_parts(settings: Settings) -> list[tuple[Path, float]]:
+    """The upload parts still arriving, with their modification times (Unix seconds)."""
+    parts = []
     for part in settings.incoming_dir.iterdir():
-        try:
-            if part.stat().st_mtime < cutoff:
-                part.unlink()
-                removed += 1
-        except FileNotFoundError:
-            pass
-    return removed
+        with contextlib.suppress(FileNotFoundError):  # a request just claimed it
+            parts.append((part, part.stat().st_mtime))
+    return parts
+
+
+def sweep_incoming(settings: Settings, max_age_s: float, now: float | None = None) -> int:
+    """Delete parts of uploads that never finished arriving, older than ``max_age_s`` at
+    ``now`` (Unix seconds; default: the clock)."""
+    cutoff = (time.time() if now is None else now) - max_age_s
+    stale = [part for part, mtime in incoming_parts(settings) if mtime < cutoff]
+    for part in stale:
+        part.unlink(missing_ok=True)
+    return len(stale)

@@ -23,6 +23,7 @@ from dicomstl.errors import ConversionError, SeriesChoiceError
 from dicomstl.job_options import to_pipeline
 from dicomstl.settings import Settings, current_settings
 from gpu_worker import mesh as meshops
+from gpu_worker import metrics
 from gpu_worker.backend import resolve_backend
 from gpu_worker.marching import marching_cubes
 from gpu_worker.pipeline import convert
@@ -60,37 +61,48 @@ def run_conversion(job_id: str, run: int) -> str:
         return "stale"  # a newer run owns this job, or it was deleted
     beat = _Heartbeat(settings, job_id)
     beat.start()
+    start = time.perf_counter()
+    state, reason = "retried", "transient"  # unless _convert returns
     try:
-        return _convert(settings, job)
+        state, reason = _convert(settings, job)
+        return state
     finally:
         beat.stopped.set()
+        outcome = {"uploaded": "choice"}.get(state, state)
+        metrics.ended(outcome if outcome in metrics.OUTCOMES else "stale",
+                      time.perf_counter() - start, reason)
 
 
-def _convert(settings: Settings, job) -> str:
+def _convert(settings: Settings, job) -> tuple[str, str | None]:
+    """Run the conversion and end the job; (the state it ended in, why it failed)."""
     job_id, run = job.id, job.attempts
     fmt = job.options.get("format", "stl")
     output = storage.result_path(settings, job_id, fmt)
+
+    def progress(stage: str, state: str) -> None:
+        jobs.record_progress(settings, job_id, stage, state)
+        if metrics.current_backend == "gpu":
+            metrics.observe_gpu_memory()
+
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
         result = convert([storage.upload_dir(settings, job_id)], output,
                          to_pipeline(job.options, settings.backend,
-                                     settings.gpu_memory_budget),
-                         progress=lambda stage, state: jobs.record_progress(
-                             settings, job_id, stage, state))
+                                     settings.gpu_memory_budget), progress=progress)
     except SeriesChoiceError as exc:
         if exc.choices and not job.options.get("series"):
             jobs.finish(settings, job_id, run, message=CHOICE_MESSAGE, choices=exc.choices)
-            return "uploaded"
+            return "uploaded", None
         jobs.finish(settings, job_id, run, message=str(exc))
-        return "failed"
+        return "failed", "input"
     except ConversionError as exc:
         jobs.finish(settings, job_id, run, message=str(exc))
-        return "failed"
+        return "failed", "input"
     except JobTimeoutException:
         jobs.finish(settings, job_id, run, message=(
             f"the conversion took longer than the limit of {settings.job_timeout_s // 60} "
             "minutes; try a crop, --downsample or a smaller triangle budget"))
-        return "failed"
+        return "failed", "timeout"
     except TRANSIENT:
         current = get_current_job()
         if current is not None and (current.retries_left or 0) > 0:
@@ -100,15 +112,17 @@ def _convert(settings: Settings, job) -> str:
             raise
         log.exception("job %s failed after its retries", job_id[:8])
         jobs.finish(settings, job_id, run, message=INTERNAL_MESSAGE)
-        return "failed"
+        return "failed", "transient"
     except Exception:
         log.exception("internal error in job %s", job_id[:8])
         jobs.finish(settings, job_id, run, message=INTERNAL_MESSAGE)
-        return "failed"
+        return "failed", "internal"
+    metrics.observe_result(result.backend, result.timings_s, int(np.prod(result.shape)),
+                           result.report.triangles)
     report = result.as_dict()
     report["output"] = output.name
     ended = jobs.finish(settings, job_id, run, report=report, result_bytes=result.bytes_written)
-    return ended.state if ended else "deleted"
+    return (ended.state if ended else "deleted"), None
 
 
 def warm_up(backend: str = "auto") -> dict:
@@ -130,4 +144,7 @@ def warm_up(backend: str = "auto") -> dict:
     mesh = meshops.Mesh(index_mesh.vertices.astype(np.float32), index_mesh.faces)
     meshops.report(mesh)
     binary_stl_bytes(mesh)
+    metrics.set_backend(backend)
+    if backend == "gpu":
+        metrics.observe_gpu_memory()
     return {"backend": backend, **gpu, "seconds": round(time.perf_counter() - start, 3)}

@@ -43,6 +43,14 @@ def create_app(settings: Settings | None = None, run_migrations: bool = True) ->
     from web.api import api
     from web.pages import pages
 
+    if settings.proxy_hops:  # the client's address as the proxies in front of us saw it
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_hops,
+                                x_proto=settings.proxy_hops)
+    from web.metrics import instrument
+
+    instrument(app)
     csrf = CSRFProtect(app)
     csrf.exempt(api)
     app.register_blueprint(pages)

@@ -15,6 +15,7 @@ from flask import Blueprint, abort, current_app, g, request, url_for
 from dicomstl import apikeys, jobs
 from dicomstl.errors import ConversionError
 from dicomstl.job_options import parse_options
+from web.metrics import count_upload
 from web.openapi import spec
 from web.pages import send_result
 from web.uploads import take_files
@@ -86,6 +87,8 @@ def submit():
         return _bad(str(exc))
     job, created = jobs.create_job(settings, g.owner, options, files, "bulk",
                                    idempotency_key=key, callback_url=callback)
+    if created:
+        count_upload("api", job.upload_bytes)
     return _view(job), 201 if created else 200, {"Location": url_for("api.get_job",
                                                                     job_id=job.id)}
 

@@ -28,6 +28,7 @@ from dicomstl.job_options import form_options
 from dicomstl.settings import Settings
 from gpu_worker.options import FORMATS, STAGES
 from gpu_worker.presets import PRESETS
+from web.metrics import count_upload
 from web.uploads import take_files
 
 pages = Blueprint("pages", __name__)
@@ -78,6 +79,7 @@ def upload():
         return render_template("error.html", code=400, message=str(exc)), 400
     job, _created = jobs.create_job(_settings(), _owner(create=True), options, parts,
                                     "interactive")
+    count_upload("form", job.upload_bytes)
     target = url_for("pages.job_page", job_id=job.id)
     if _wants_json():
         return jsonify(job=job.id, url=target), 201

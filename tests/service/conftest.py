@@ -17,7 +17,7 @@ from dicomstl import apikeys
 from dicomstl.db import migrate
 from dicomstl.queue import start_embedded_redis
 from dicomstl.settings import Settings, configure, load_settings
-from tests.service.helpers import spawn, stop
+from tests.service.helpers import free_port, spawn, stop
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -71,6 +71,9 @@ def service_env(tmp_path: Path, redis_url: str, database_url: str) -> dict[str, 
         "DICOMSTL_STALL_AFTER_S": "3", "DICOMSTL_SWEEP_INTERVAL_S": "1",
         "DICOMSTL_WEB_WORKERS": "1", "DICOMSTL_WEB_THREADS": "8",
         "DICOMSTL_SECRET_KEY": "test-" + secrets.token_hex(8),
+        # no metrics ports unless a test asks for them (tests run side by side)
+        "DICOMSTL_WEB_METRICS_PORT": "0", "DICOMSTL_WORKER_METRICS_PORT": "0",
+        "DICOMSTL_SCHEDULER_METRICS_PORT": "0",
     }
 
 
@@ -114,9 +117,7 @@ def worker(service_env: dict[str, str], settings: Settings, tmp_path: Path):
 @pytest.fixture
 def web_url(service_env: dict[str, str], settings: Settings, tmp_path: Path) -> Iterator[str]:
     """The web app under gunicorn on a free port; its base URL."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**service_env, "DICOMSTL_PORT": str(port)}
     proc = spawn(["serve"], env, tmp_path / "web.log")
     url = f"http://127.0.0.1:{port}"

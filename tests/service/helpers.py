@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -13,6 +14,13 @@ from dicomstl import apikeys
 
 def auth(key: apikeys.NewKey | str) -> dict[str, str]:
     return {"Authorization": f"Bearer {getattr(key, 'key', key)}"}
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (on 127.0.0.1)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:

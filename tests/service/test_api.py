@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from dicomstl import apikeys, jobs
 from dicomstl.db import Job, session_scope
 from dicomstl.queue import connect
+from scheduler.main import run_pass
 from tests.dicom_factory import lps_grid, sphere_hu, write_series
 from tests.service.helpers import auth
 
@@ -167,9 +168,9 @@ def test_result_delete_and_paging(app, settings, api_key, series):
 def test_sweep_deletes_jobs_past_their_deadline(app, settings, api_key, series):
     client = app.test_client()
     job_id = _submit(client, api_key, series).json["id"]
-    assert jobs.sweep(settings) == 0
+    assert run_pass(settings)["upload"] == 0
     later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=settings.upload_ttl_s + 1)
-    assert jobs.sweep(settings, later) == 1
+    assert run_pass(settings, later)["upload"] == 1
     job = client.get(f"/api/v1/jobs/{job_id}", headers=auth(api_key)).json
     assert job["state"] == "deleted" and "deleted unconverted" in job["message"]
     assert not (settings.jobs_dir / job_id).exists()
