@@ -15,6 +15,8 @@ from tests.conftest import ROOT
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = ROOT / "test-artifacts"
+# SwiftShader renders WebGL on the CPU: with other tests beside it on 2 cores, one frame can
+# take longer than Playwright's default 30 s.
 SHOT_TIMEOUT_MS = 120_000
 ARGS = ["--no-sandbox", "--headless=new", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
@@ -35,7 +37,6 @@ def test_upload_progress_preview_download_delete(chromium, shared_dicom, web_url
     from PIL import Image
     from playwright.sync_api import sync_playwright
 
-    worker()
     series = shared_dicom / "ct-session-mixed" / "S2010"
     files = sorted(p for p in series.iterdir() if p.name != "DIRFILE")
     ARTIFACTS.mkdir(exist_ok=True)
@@ -68,9 +69,11 @@ def test_upload_progress_preview_download_delete(chromium, shared_dicom, web_url
         cdp.send("Network.emulateNetworkConditions", {
             "offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})
         page.wait_for_url("**/jobs/*", timeout=60_000)
-        # SwiftShader renders WebGL on the CPU: with the other tests running beside it, one
-        # frame can take longer than Playwright's default 30 s on a 2-core machine.
+        # No worker runs yet, so the job waits in the queue and the page does not reload under
+        # the screenshot (a reload mid-capture once hung it past two minutes).
+        assert page.inner_text("#state") == "queued"
         page.screenshot(path=str(ARTIFACTS / "job-progress.png"), timeout=SHOT_TIMEOUT_MS)
+        worker()  # the page follows the job to "done" on its own, by polling
         page.wait_for_selector("canvas#preview[data-rendered]", timeout=120_000)
         assert page.inner_text("#state") == "done"
         page.screenshot(path=str(ARTIFACTS / "job-done.png"), full_page=True,

@@ -40,7 +40,8 @@ def test_mixed_session_upload_choose_convert_download(shared_dicom, web_url, wor
     assert len(brain) == 1 and brain[0]["size"] == [512, 512, 28]
     assert (settings.jobs_dir / job["id"] / "upload").is_dir()  # kept until converted
     job = client.choose_series(job["id"], brain[0]["uid"])
-    assert job["state"] == "queued" and job["attempts"] == 2
+    # The worker may take the job before the answer is written.
+    assert job["state"] in ("queued", "running") and job["attempts"] == 2
     job = client.wait(job["id"], poll_s=0.3, timeout_s=180)
     assert job["state"] == "done", job["message"]
     assert job["stages_done"] == job["stages"] and job["progress"] == 1.0
