@@ -39,12 +39,13 @@ class Scheduler:
         # a lease outlives two passes, so a live leader never loses it between them
         self.lease = Lease(settings.redis_url, ttl_s=2 * settings.sweep_interval_s + 10)
         self.next_full_pass = 0.0  # time.monotonic() of the next full pass
+        self.leading: bool | None = None  # the last pass's lease: ``Lease.hold()``
 
     def run_pass(self) -> Counter:
         """One pass: as leader, sweep the due jobs, and once per interval recover lost jobs
         and sweep fully; sweep too when Redis cannot be reached (deletion is idempotent);
         then the gauges. Returns counts by kind."""
-        leading = self.lease.hold()
+        leading = self.leading = self.lease.hold()
         counts: Counter = Counter()
         if leading is False:
             metrics.observe(self.settings, self.clock(), leading=False)
@@ -74,8 +75,11 @@ class Scheduler:
         return +counts  # without zeros
 
     def seconds_to_next_pass(self) -> float:
-        """Until the next deadline, at most ``sweep_interval_s``, at least ``MIN_WAIT_S``."""
+        """Until the next deadline, at most ``sweep_interval_s``, at least ``MIN_WAIT_S``; a
+        standby, which deletes nothing, waits the whole interval (the lease outlives two)."""
         wait = self.settings.sweep_interval_s
+        if self.leading is False:
+            return wait
         deadline = retention.next_deadline(self.settings)
         if deadline is not None:
             wait = min(wait, (deadline - self.clock()).total_seconds() + 0.05)

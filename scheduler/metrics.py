@@ -27,7 +27,6 @@ OVERDUE_GRACE_S = 60
 HOLDS_UPLOAD = ("uploaded", "queued", "running")
 DELETION_KINDS = ("upload", "result", "incoming", "orphan", "redis_job",
                   *(rule.kind for rule in ROW_RULES))
-OVERDUE_KINDS = ("upload", "result", "incoming", *(rule.kind for rule in ROW_RULES))
 
 OLDEST_UPLOAD = Gauge("dicomstl_retention_oldest_upload_age_seconds",
                       "Age of the oldest upload still stored (0 when none)")

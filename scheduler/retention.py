@@ -146,11 +146,13 @@ def scan_files(settings: Settings, now: dt.datetime, counts: Counter) -> None:
             log.info("deleted files of %s job %s", "a deleted" if state else "no",
                      path.name[:8])
             continue
-        if state in ENDED and storage.upload_dir(settings, path.name).exists():
-            shutil.rmtree(storage.upload_dir(settings, path.name), ignore_errors=True)
+        upload, result = (storage.upload_dir(settings, path.name),
+                          storage.result_dir(settings, path.name))
+        if state in ENDED and upload.exists():
+            shutil.rmtree(upload, ignore_errors=True)
             counts["upload"] += 1
-        if state == "failed" and storage.result_dir(settings, path.name).exists():
-            shutil.rmtree(storage.result_dir(settings, path.name), ignore_errors=True)
+        if state == "failed" and result.exists():
+            shutil.rmtree(result, ignore_errors=True)
             counts["result"] += 1
     counts["incoming"] += storage.sweep_incoming(settings, settings.upload_ttl_s,
                                                  now.timestamp())

@@ -357,3 +357,18 @@ def test_deadline_wake_ups_sweep_due_jobs_and_the_scans_run_once_per_interval(se
     time.sleep(settings.sweep_interval_s + 0.05)
     assert scheduler.run_pass() == {"incoming": 1} and not stale_part.exists()
     scheduler.lease.release()
+
+
+def test_the_leader_wakes_at_the_next_deadline_and_a_standby_waits_the_interval(settings):
+    t = utcnow()
+    leader, standby = Scheduler(settings, clock=lambda: t), Scheduler(settings, clock=lambda: t)
+    leader.run_pass()
+    standby.run_pass()
+    assert leader.seconds_to_next_pass() == settings.sweep_interval_s  # nothing is due
+    # with a 60 s interval, a job due in 15 s
+    settings = replace(settings, sweep_interval_s=60)
+    leader.settings = standby.settings = settings
+    _new_job(settings, delete_after=t + dt.timedelta(seconds=15))
+    assert 15 <= leader.seconds_to_next_pass() < 15.1
+    assert standby.seconds_to_next_pass() == 60  # it deletes nothing: no reason to wake
+    leader.lease.release()
