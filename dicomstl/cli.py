@@ -19,7 +19,7 @@ from dicomstl import __version__
 from dicomstl.cli_service import SERVICE_COMMANDS, add_commands, run
 from dicomstl.errors import ConfigError, ConversionError
 from gpu_worker.backend import BACKENDS
-from gpu_worker.options import FORMATS, STAGES, Options
+from gpu_worker.options import FORMATS, LIMITS, MAX_KEEP, STAGES, Options
 from gpu_worker.presets import PRESETS
 
 err = Console(stderr=True)
@@ -31,6 +31,12 @@ def _level(text: str) -> float:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"level must be a number, not {text!r}") from None
+
+
+def _range(name: str) -> str:
+    """The accepted range of an option, for its help text."""
+    low, high, _unit = LIMITS[name]
+    return f" ({low:,.12g} to {high:,.12g})".replace("%", "%%")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,23 +54,30 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--preset", choices=sorted(PRESETS),
                    help="CT threshold preset: " + "; ".join(
                        f"{p.name} = {p.description}" for p in PRESETS.values()))
-    g.add_argument("--level", type=_level, help="threshold in HU (CT) or stored units (MR)")
+    g.add_argument("--level", type=_level, help="threshold in HU (CT) or stored units (MR)"
+                   + _range("level"))
     c.add_argument("--series", help="SeriesInstanceUID to convert, or 'largest'")
     c.add_argument("--time-point", type=int, default=0,
-                   help="time point of a 4-D series (default 0, the first)")
+                   help="time point of a 4-D series (default 0, the first)"
+                   + _range("time_point"))
     c.add_argument("--crop", help="voxel ranges columns,rows,slices, e.g. 100:400,50:450,0:")
-    c.add_argument("--downsample", type=int, default=1, help="average blocks of N^3 voxels")
+    c.add_argument("--downsample", type=int, default=1,
+                   help="average blocks of N^3 voxels" + _range("downsample"))
     c.add_argument("--smooth-mm", type=float, default=0.0,
-                   help="Gaussian smoothing of the volume, standard deviation in mm")
+                   help="Gaussian smoothing of the volume, standard deviation in mm"
+                   + _range("smooth_mm"))
     c.add_argument("--keep", default="all",
-                   help="parts to keep: all, largest, or N (the N largest)")
+                   help=f"parts to keep: all, largest, or N (the N largest, 1 to {MAX_KEEP:,})")
     c.add_argument("--min-part-mm3", type=float, default=0.0,
-                   help="drop parts smaller than this volume (mm^3)")
+                   help="drop parts smaller than this volume (mm^3)" + _range("min_part_mm3"))
     d = c.add_mutually_exclusive_group()
-    d.add_argument("--decimate", type=float, help="fraction of triangles to remove (0-1)")
-    d.add_argument("--max-triangles", type=int, help="triangle budget")
+    d.add_argument("--decimate", type=float,
+                   help="fraction of triangles to remove (0 up to, not including, 1)")
+    d.add_argument("--max-triangles", type=int,
+                   help="triangle budget" + _range("max_triangles"))
     c.add_argument("--mesh-smooth", type=int, default=0,
-                   help="Taubin smoothing iterations (keeps the volume)")
+                   help="Taubin smoothing iterations (keeps the volume)"
+                   + _range("mesh_smooth"))
     c.add_argument("--format", choices=FORMATS, default=None,
                    help="stl (binary, default), stl-ascii or 3mf (default from the suffix)")
     c.add_argument("--backend", choices=BACKENDS, default="auto")
@@ -90,6 +103,7 @@ def _convert(args: argparse.Namespace) -> int:
                       decimate=args.decimate, max_triangles=args.max_triangles,
                       mesh_smooth=args.mesh_smooth, format=fmt, backend=args.backend,
                       gpu_memory_budget=args.gpu_memory_budget)
+    options.validate()  # before the progress bars: a bad option is one line, no bars
     with Progress(SpinnerColumn(), TextColumn("{task.description:<12}"), BarColumn(),
                   TimeElapsedColumn(), console=err, disable=args.quiet, transient=False) as bar:
         tasks = {s: bar.add_task(s, total=1, start=False) for s in STAGES}

@@ -53,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.command == "submit":
         return _submit(args)
+    from dicomstl.storage import private_umask
+
+    private_umask()  # uploads, models, the database: owner-only
     settings = load_settings()
     if args.command in ("serve", "worker", "scheduler") and settings.redis_url is None:
         from dicomstl.errors import ConfigError

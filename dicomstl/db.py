@@ -8,6 +8,7 @@ Times are timezone-aware UTC.
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -16,6 +17,7 @@ from pathlib import Path
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Integer,
     String,
@@ -24,7 +26,7 @@ from sqlalchemy import (
     create_engine,
     event,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -78,7 +80,21 @@ class Job(Base):
     deleted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, index=True)
     delete_after: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
     heartbeat_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    #: The current run: its RQ entry is ``<id>_r<run>``; a new number only when a new run
+    #: must supersede the last (a lost worker, a series choice), so a late old run is stale.
+    run: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    #: How many times a worker started converting this job (RQ's retries included).
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: Runs whose worker was lost (it died or stopped beating); at ``max_attempts`` the job
+    #: fails.
+    lost_runs: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: SHA-256 of what was submitted (options, callback URL, each file's SHA-256), so an
+    #: Idempotency-Key reused for a different request is refused.
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    #: The job ended and its callback is not delivered yet (the scheduler queues it again
+    #: if its queue entry was lost).
+    callback_pending: Mapped[bool] = mapped_column(Boolean, default=False,
+                                                   server_default="0")
     stage: Mapped[str | None] = mapped_column(String(32))
     stages_done: Mapped[list] = mapped_column(JSON, default=list)
     message: Mapped[str | None] = mapped_column(Text)
@@ -129,10 +145,26 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
+def _private_sqlite_file(url: str) -> None:
+    """Create (or restrict) an SQLite database file owner-only: it holds webhook secrets.
+    SQLite gives its -wal and -shm files the database file's mode."""
+    name = make_url(url).database
+    if not name or name == ":memory:" or name.startswith("file:"):
+        return
+    path = Path(name)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        if path.stat().st_uid == os.getuid():
+            path.chmod(0o600)
+    except FileNotFoundError:  # its folder is missing: SQLite will say so
+        pass
+
+
 @cache
 def engine_for(url: str) -> Engine:
     """One engine (connection pool) per database URL and process."""
     if url.startswith("sqlite"):
+        _private_sqlite_file(url)
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine

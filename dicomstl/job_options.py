@@ -5,6 +5,7 @@ The same names as ``gpu_worker.pipeline.Options``; the backend is the server's c
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from dicomstl.errors import ConversionError
@@ -51,15 +52,13 @@ def parse_options(raw: Any) -> dict:
         kind, types = OPTION_TYPES[name]
         if isinstance(value, bool) or not isinstance(value, types):
             raise OptionsError(f"option {name!r} must be {_WORDS[kind]}")
-        if isinstance(value, float) and value != value:
-            raise OptionsError(f"option {name!r} must be a number")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise OptionsError(f"option {name!r} must be a finite number")
         if isinstance(value, str) and len(value) > 200:
             raise OptionsError(f"option {name!r} is too long")
         if kind == "integer" and abs(value) > 2**31:
             raise OptionsError(f"option {name!r} is out of range")
         options[name] = value
-    if options.get("time_point", 0) < 0:
-        raise OptionsError("option 'time_point' cannot be negative")
     try:
         to_pipeline(options).validate()
     except ConversionError as exc:

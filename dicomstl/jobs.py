@@ -1,8 +1,12 @@
 """Jobs: made by the web, run by the worker, recovered and deleted by the scheduler.
 
 States move ``uploaded → queued → running → done | failed → deleted``. A job is stored
-and queued in one step once its upload has arrived; a job waiting for the user to pick a
-series goes back to ``uploaded`` with ``choices``. Every row holds its deletion
+and queued in one step once its upload has arrived (or not at all, when Redis cannot be
+reached); a job waiting for the user to pick a series goes back to ``uploaded`` with
+``choices``. Each time the job is put on its queue anew it gets a new run number (its RQ
+entry is ``<id>_r<run>``), so a run given up for lost cannot overwrite the next; ``attempts``
+counts the runs a worker actually started and ``lost_runs`` those whose worker was lost.
+A job deleted while it runs stops at the worker's next stage. Every row holds its deletion
 deadline (``delete_after``): an upload's arrival + ``upload_ttl_s`` until it is converted,
 the longest the run may take while it runs, then the conversion's end + ``result_ttl_s``.
 The raw upload is deleted as soon as the conversion ends, done or failed; the scheduler
@@ -12,20 +16,23 @@ The raw upload is deleted as soon as the conversion ends, done or failed; the sc
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import logging
 import secrets
+from collections.abc import Sequence
 from pathlib import Path
 
 from redis.exceptions import RedisError
 from rq import Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job as RQJob
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from dicomstl import queue as q
 from dicomstl import storage
-from dicomstl.db import Job, session_scope, utcnow
+from dicomstl.db import ENDED, Job, session_scope, utcnow
 from dicomstl.settings import Settings
 from gpu_worker.options import STAGES
 
@@ -54,6 +61,35 @@ class JobConflict(Exception):
     """The job is not in a state that allows this; the message says why."""
 
 
+class IdempotencyConflict(JobConflict):
+    """An Idempotency-Key was used before for a different request."""
+
+
+class QueueUnavailable(Exception):
+    """Redis cannot be reached, so a new job cannot be queued (nothing was stored)."""
+
+
+class RunCancelled(Exception):
+    """The job of this run was deleted, or a newer run superseded this one: stop."""
+
+
+def run_entry_id(job_id: str, run: int) -> str:
+    """The RQ entry id of a job's run."""
+    return f"{job_id}_r{run}"
+
+
+def callback_entry_id(job_id: str) -> str:
+    """The RQ entry id of a job's callback."""
+    return f"{job_id}_cb"
+
+
+def request_hash(options: dict, callback_url: str | None, file_digests: Sequence[str]) -> str:
+    """SHA-256 (hex) of a submission: its options, callback URL and each file's SHA-256."""
+    text = json.dumps({"options": options, "callback_url": callback_url,
+                       "files": list(file_digests)}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def new_job_id() -> str:
     """A random, unguessable id (192 bits, URL-safe)."""
     return secrets.token_urlsafe(24)
@@ -65,27 +101,30 @@ def _deadline(seconds: float, now: dt.datetime | None = None) -> dt.datetime:
 
 def create_job(settings: Settings, owner: str, options: dict, parts: list[Path],
                queue_name: str, idempotency_key: str | None = None,
-               callback_url: str | None = None) -> tuple[Job, bool]:
+               callback_url: str | None = None,
+               submitted_hash: str | None = None) -> tuple[Job, bool]:
     """Store an upload as a new job and queue it; (job, created).
 
     With an ``idempotency_key`` the same owner's earlier job for that key is returned instead
-    (created is False) and the repeated upload is discarded.
+    (created is False) and the repeated upload is discarded; if that job was made from a
+    different request (``submitted_hash``, see ``request_hash``), IdempotencyConflict.
+    QueueUnavailable when Redis cannot be reached: then nothing is kept.
     """
     url = settings.database_url
     if idempotency_key:
         earlier = find_idempotent(url, owner, idempotency_key)
         if earlier is not None:
             _discard(parts)
-            return earlier, False
+            return _same_request(earlier, submitted_hash), False
     job_id = new_job_id()
     now = utcnow()
     # stored first, so the row below never names missing files
     n_files, total_bytes = storage.store_upload(settings, job_id, parts)
     job = Job(id=job_id, owner=owner, state="queued", queue=queue_name, options=options,
-              idempotency_key=idempotency_key, callback_url=callback_url, created_at=now,
-              queued_at=now, attempts=1, stages_done=[],
-              delete_after=_deadline(settings.upload_ttl_s, now), upload_files=n_files,
-              upload_bytes=total_bytes)
+              idempotency_key=idempotency_key, request_hash=submitted_hash,
+              callback_url=callback_url, created_at=now, queued_at=now, run=1, attempts=0,
+              lost_runs=0, stages_done=[], delete_after=_deadline(settings.upload_ttl_s, now),
+              upload_files=n_files, upload_bytes=total_bytes)
     try:
         with session_scope(url) as session:
             session.add(job)
@@ -94,10 +133,24 @@ def create_job(settings: Settings, owner: str, options: dict, parts: list[Path],
         if isinstance(exc, IntegrityError):  # a concurrent retry with this key won the race
             earlier = find_idempotent(url, owner, idempotency_key or "")
             if earlier is not None:
-                return earlier, False
+                return _same_request(earlier, submitted_hash), False
         raise
-    _put_on_queue(settings, job_id, queue_name, 1)
+    try:
+        _put_on_queue(settings, job_id, queue_name, 1)
+    except QueueUnavailable:  # refuse rather than keep an upload nobody can convert now
+        with session_scope(url) as session:
+            session.execute(delete(Job).where(Job.id == job_id))
+        storage.delete_job_files(settings, job_id)
+        raise
     return job, True
+
+
+def _same_request(earlier: Job, submitted_hash: str | None) -> Job:
+    if submitted_hash and earlier.request_hash and submitted_hash != earlier.request_hash:
+        raise IdempotencyConflict(
+            "this Idempotency-Key was already used for a different request (other files, "
+            "options or callback_url); send a new key with each new submission")
+    return earlier
 
 
 def _discard(parts: list[Path]) -> None:
@@ -131,32 +184,36 @@ def list_jobs(settings: Settings, owner: str, limit: int, offset: int) -> tuple[
 
 
 def enqueue(settings: Settings, job_id: str) -> Job:
-    """Put the job on its queue as a new run (attempt); returns the updated row."""
+    """Put the job on its queue as a new run, which supersedes any older one; returns the
+    updated row. If Redis is down the job stays queued and the scheduler queues it later."""
     with session_scope(settings.database_url) as session:
         job = session.get(Job, job_id, with_for_update=True)
-        job.attempts += 1
+        job.run += 1
         job.state = "queued"
         job.queued_at = utcnow()
         job.message = None
-        run = job.attempts
+        run = job.run
         queue_name = job.queue
-    _put_on_queue(settings, job_id, queue_name, run)
+    try:
+        _put_on_queue(settings, job_id, queue_name, run)
+    except QueueUnavailable:
+        log.warning("job %s stays queued without a queue entry: Redis is unreachable; the "
+                    "scheduler will enqueue it", job_id[:8])
     return get_job(settings, job_id)
 
 
 def _put_on_queue(settings: Settings, job_id: str, queue_name: str, run: int) -> None:
-    """The RQ entry for run ``run``; if Redis is down, the scheduler enqueues it later."""
+    """The RQ entry for run ``run``; QueueUnavailable when Redis cannot be reached."""
     try:
         q.queue(settings.redis_url, queue_name).enqueue_call(
-            "gpu_worker.tasks.run_conversion", args=(job_id, run), job_id=f"{job_id}_r{run}",
-            timeout=settings.job_timeout_s,
+            "gpu_worker.tasks.run_conversion", args=(job_id, run),
+            job_id=run_entry_id(job_id, run), timeout=settings.job_timeout_s,
             result_ttl=settings.result_ttl_s + QUEUE_EXPIRY_MARGIN_S,
             failure_ttl=settings.result_ttl_s + QUEUE_EXPIRY_MARGIN_S,
             ttl=settings.upload_ttl_s + QUEUE_EXPIRY_MARGIN_S,
             retry=Retry(max=2, interval=[5, 30]), description="conversion")
-    except RedisError:
-        log.warning("job %s stays queued without a queue entry: Redis is unreachable; the "
-                    "scheduler will enqueue it", job_id[:8])
+    except RedisError as exc:
+        raise QueueUnavailable(str(exc)) from None
 
 
 def choose_series(settings: Settings, job_id: str, owner: str, uid: str) -> Job:
@@ -205,7 +262,7 @@ def mark_deleted(settings: Settings, job_id: str, now: dt.datetime | None = None
 
 def queue_entry_ids(job_id: str, runs: int) -> list[str]:
     """The ids of a job's RQ entries: one per run, and its callback."""
-    return [f"{job_id}_r{n}" for n in range(1, runs + 1)] + [f"{job_id}_cb"]
+    return [run_entry_id(job_id, n) for n in range(1, runs + 1)] + [callback_entry_id(job_id)]
 
 
 def purge_queue_entries(settings: Settings, job_id: str, runs: int | None = None) -> int:
@@ -216,7 +273,7 @@ def purge_queue_entries(settings: Settings, job_id: str, runs: int | None = None
     logged: that scan catches up later.
     """
     if runs is None:
-        runs = get_job(settings, job_id).attempts
+        runs = get_job(settings, job_id).run
     connection = q.connect(settings.redis_url)
     removed = 0
     try:
@@ -231,11 +288,13 @@ def purge_queue_entries(settings: Settings, job_id: str, runs: int | None = None
 # The worker's side ---------------------------------------------------------------------------
 
 def start_run(settings: Settings, job_id: str, run: int) -> Job | None:
-    """Mark the job running for run ``run``; None when that run is stale or the job is gone."""
+    """Mark the job running for run ``run`` (one more attempt); None when that run is stale
+    or the job is gone."""
     with session_scope(settings.database_url) as session:
         job = session.get(Job, job_id, with_for_update=True)
-        if job is None or job.attempts != run or job.state not in ("queued", "running"):
+        if job is None or job.run != run or job.state not in ("queued", "running"):
             return None
+        job.attempts += 1
         job.state = "running"
         job.started_at = job.heartbeat_at = utcnow()
         # while it runs, the deadline is the latest the run can end (then it is the result's)
@@ -246,31 +305,45 @@ def start_run(settings: Settings, job_id: str, run: int) -> Job | None:
         return job
 
 
-def record_progress(settings: Settings, job_id: str, stage: str, state: str) -> None:
+def record_progress(settings: Settings, job_id: str, run: int, stage: str, state: str) -> None:
     """A pipeline progress event. Stages run one after another, so a stage's start also marks
-    the one before it done: one write per stage (the last is marked done by ``finish``)."""
+    the one before it done: one write per stage (the last is marked done by ``finish``).
+    RunCancelled when the job was deleted or this run superseded: the stage must not start."""
     if state != "start":
         return
     with session_scope(settings.database_url) as session:
         job = session.get(Job, job_id)
+        if job is None or job.state != "running" or job.run != run:
+            raise RunCancelled(job_id)
         job.heartbeat_at = utcnow()
         if job.stage is not None:
             job.stages_done = [*job.stages_done, job.stage]
         job.stage = stage
 
 
-def heartbeat(settings: Settings, job_id: str) -> None:
+def heartbeat(settings: Settings, job_id: str, run: int) -> bool:
+    """Note that run ``run``'s worker is alive; False when the run is no longer current (the
+    job was deleted, or a newer run took over)."""
     with session_scope(settings.database_url) as session:
         job = session.get(Job, job_id)
-        if job is not None and job.state == "running":
-            job.heartbeat_at = utcnow()
+        if job is None or job.state != "running" or job.run != run:
+            return False
+        job.heartbeat_at = utcnow()
+        return True
 
 
-def requeue_after_error(settings: Settings, job_id: str) -> None:
+def is_current(settings: Settings, job_id: str, run: int) -> bool:
+    """Whether run ``run`` still owns the job (it is not deleted, and no newer run exists)."""
+    with session_scope(settings.database_url) as session:
+        job = session.get(Job, job_id)
+        return job is not None and job.state in ("queued", "running") and job.run == run
+
+
+def requeue_after_error(settings: Settings, job_id: str, run: int) -> None:
     """A transient failure: the job waits for RQ's retry of the same run."""
     with session_scope(settings.database_url) as session:
         job = session.get(Job, job_id)
-        if job is not None and job.state == "running":
+        if job is not None and job.state == "running" and job.run == run:
             job.state = "queued"
 
 
@@ -292,7 +365,7 @@ def finish(settings: Settings, job_id: str, run: int, *, report: dict | None = N
         if job.state == "deleted":
             storage.delete_job_files(settings, job_id)
             return job
-        if job.state != "running" or job.attempts != run:
+        if job.state != "running" or job.run != run:
             return job
         job.stage = None
         job.heartbeat_at = None
@@ -307,62 +380,101 @@ def finish(settings: Settings, job_id: str, run: int, *, report: dict | None = N
             job.stages_done = list(STAGES)
         else:
             job.state = "failed"
+        job.callback_pending = job.callback_url is not None
     if job.state == "failed":  # nothing to keep, not even a partial model or empty folders
         storage.delete_job_files(settings, job_id)
     else:
         storage.delete_upload(settings, job_id)
-    if job.callback_url:
-        q.queue(settings.redis_url, "callbacks").enqueue_call(
-            "dicomstl.callbacks.deliver", args=(job_id,), job_id=f"{job_id}_cb", result_ttl=0,
-            failure_ttl=settings.result_ttl_s + QUEUE_EXPIRY_MARGIN_S,
-            retry=Retry(max=4, interval=[10, 60, 300, 900]),
-            description="callback")
+    if job.callback_pending:
+        queue_callback(settings, job_id)
     return job
+
+
+def queue_callback(settings: Settings, job_id: str) -> bool:
+    """Put an ended job's callback on the ``callbacks`` queue; False if Redis is unreachable
+    (the scheduler queues it again: ``callback_pending`` stays until it is delivered)."""
+    try:
+        q.queue(settings.redis_url, "callbacks").enqueue_call(
+            "dicomstl.callbacks.deliver", args=(job_id,), job_id=callback_entry_id(job_id),
+            result_ttl=0, failure_ttl=settings.result_ttl_s + QUEUE_EXPIRY_MARGIN_S,
+            retry=Retry(max=4, interval=[10, 60, 300, 900]), description="callback")
+    except RedisError:
+        log.warning("job %s's callback waits: Redis is unreachable; the scheduler will queue "
+                    "it", job_id[:8])
+        return False
+    return True
+
+
+def callback_settled(settings: Settings, job_id: str) -> None:
+    """The callback was delivered, or will never be (no longer pending)."""
+    with session_scope(settings.database_url) as session:
+        session.execute(update(Job).where(Job.id == job_id).values(callback_pending=False))
 
 
 # The scheduler's side ------------------------------------------------------------------------
 
 def recover(settings: Settings, now: dt.datetime | None = None) -> dict[str, int]:
-    """Re-run jobs whose worker died (once per ``max_attempts``), then fail them; requeue
-    queued jobs whose queue entry is gone (a Redis restart). Returns counts."""
+    """Re-run jobs whose worker was lost (until ``max_attempts`` losses), then fail them; put
+    queued jobs and pending callbacks whose queue entry is gone (a Redis restart) back on
+    their queues, as the same run: a run that never started is no attempt. Returns counts."""
     now = now or utcnow()
     stalled_before = now - dt.timedelta(seconds=settings.stall_after_s)
     counts = {"rerun": 0, "failed": 0, "requeued": 0}
     with session_scope(settings.database_url) as session:
         stalled = list(session.scalars(select(Job.id).where(
             Job.state == "running", Job.heartbeat_at < stalled_before)))
-        queued = list(session.execute(select(Job.id, Job.attempts).where(
+        queued = list(session.execute(select(Job.id, Job.run, Job.queue).where(
             Job.state == "queued", Job.queued_at < stalled_before)))
+        callbacks = list(session.scalars(select(Job.id).where(
+            Job.callback_pending, Job.state.in_(ENDED), Job.finished_at < stalled_before)))
     for job_id in stalled:
         with session_scope(settings.database_url) as session:
             job = session.get(Job, job_id, with_for_update=True)
             if job.state != "running" or job.heartbeat_at >= stalled_before:
                 continue
-            runs = job.attempts
-            log.warning("job %s lost its worker during run %d", job_id[:8], runs)
-            if runs < settings.max_attempts:
+            job.lost_runs += 1
+            lost, run = job.lost_runs, job.run
+            log.warning("job %s lost its worker during run %d", job_id[:8], run)
+            if lost < settings.max_attempts:
                 job.state = "queued"  # enqueue below starts the next run
-                counts["rerun"] += 1
-                rerun = True
-            else:
-                rerun = False
-        if rerun:
+        if lost < settings.max_attempts:
             enqueue(settings, job_id)
+            counts["rerun"] += 1
         else:
-            finish(settings, job_id, runs, message=LOST_MESSAGE.format(n=runs))
+            finish(settings, job_id, run, message=LOST_MESSAGE.format(n=lost))
             counts["failed"] += 1
+    try:
+        counts["requeued"] += _requeue_lost_entries(settings, queued, callbacks)
+    except (RedisError, QueueUnavailable):
+        log.warning("Redis is unreachable: lost queue entries are checked on a later pass")
+    return counts
+
+
+def _requeue_lost_entries(settings: Settings, queued: list, callbacks: list[str]) -> int:
     connection = q.connect(settings.redis_url)
-    for job_id, run in queued:
+
+    def gone(rq_id: str) -> bool:
         try:
-            status = RQJob.fetch(f"{job_id}_r{run}", connection=connection).get_status()
+            return RQJob.fetch(rq_id, connection=connection).get_status() is None
         except NoSuchJobError:
-            status = None
-        if status is None:
+            return True
+
+    requeued = 0
+    for job_id, run, queue_name in queued:
+        if gone(run_entry_id(job_id, run)):
             log.warning("job %s was queued but its queue entry is gone; queued again",
                         job_id[:8])
-            enqueue(settings, job_id)
-            counts["requeued"] += 1
-    return counts
+            with session_scope(settings.database_url) as session:
+                session.execute(update(Job).where(Job.id == job_id, Job.state == "queued",
+                                                  Job.run == run).values(queued_at=utcnow()))
+            _put_on_queue(settings, job_id, queue_name, run)
+            requeued += 1
+    for job_id in callbacks:
+        if gone(callback_entry_id(job_id)) and queue_callback(settings, job_id):
+            log.warning("job %s's callback was not delivered and its queue entry is gone; "
+                        "queued again", job_id[:8])
+            requeued += 1
+    return requeued
 
 
 def _iso(value: dt.datetime | None) -> str | None:

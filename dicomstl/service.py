@@ -11,7 +11,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+
+from redis.exceptions import RedisError
 
 from dicomstl.db import engine_for, migrate
 from dicomstl.settings import Settings, configure
@@ -20,8 +23,8 @@ log = logging.getLogger(__name__)
 
 
 def serve(settings: Settings) -> None:
-    """The web app under gunicorn (threaded workers, so long uploads block no one); the
-    master serves the metrics of all its workers."""
+    """The web app under gunicorn (threaded workers, so long uploads block no one; slow
+    clients paced by ``web.server``); the master serves the metrics of all its workers."""
     from gunicorn.app.base import BaseApplication
 
     from dicomstl.metrics import (
@@ -33,13 +36,21 @@ def serve(settings: Settings) -> None:
 
     use_multiprocess_dir()  # before the app's metrics are made
     from web import create_app
+    from web.server import Limits, PacedThreadWorker
+
+    PacedThreadWorker.limits = Limits.from_settings(settings)  # the workers fork from here
 
     class App(BaseApplication):
         def load_config(self) -> None:
             for key, value in {
                 "bind": f"{settings.host}:{settings.port}", "workers": settings.web_workers,
-                "threads": settings.web_threads, "worker_class": "gthread", "timeout": 120,
-                "graceful_timeout": 10, "accesslog": None, "errorlog": "-",
+                "threads": settings.web_threads, "worker_class": "web.server.PacedThreadWorker",
+                # Idle kept-alive and silent new connections wait in the poller (no thread)
+                # but hold a connection slot: 5 s outlasts a job page's status polls (0.5 s)
+                # and nginx's upstream keepalive_timeout (4 s, deploy/nginx), and frees a
+                # slot soon after a client goes quiet.
+                "keepalive": 5,
+                "timeout": 120, "graceful_timeout": 10, "accesslog": None, "errorlog": "-",
                 "proc_name": "dicomstl-web", "limit_request_line": 8190,
                 "control_socket_disable": True,
                 "child_exit": lambda _server, worker: process_exited(worker.pid),
@@ -61,13 +72,24 @@ def run_worker(settings: Settings, burst: bool = False) -> None:
     """An RQ worker on every queue, interactive first, that keeps the engine warm.
 
     It runs jobs in its own process (``SimpleWorker``, no fork per job), so compiled kernels
-    and a CUDA context live as long as the worker.
+    and a CUDA context live as long as the worker. When Redis goes away the worker waits
+    for it (pauses doubling up to 30 s) and carries on; a conversion running meanwhile
+    finishes, since its state is in the database.
     """
     from rq import SimpleWorker
 
     from dicomstl import queue as q
     from dicomstl.metrics import serve_metrics
     from gpu_worker.tasks import warm_up
+
+    class Worker(SimpleWorker):
+        """RQ's worker, remembering whether it was asked to stop (SIGTERM or SIGINT)."""
+
+        stop_requested = False
+
+        def request_stop(self, signum, frame) -> None:
+            self.stop_requested = True
+            super().request_stop(signum, frame)
 
     configure(settings)
     migrate(settings.database_url)
@@ -76,10 +98,32 @@ def run_worker(settings: Settings, burst: bool = False) -> None:
     warm = warm_up(settings.backend)
     log.info("worker ready: %s engine, warmed up in %.2f s", warm["backend"], warm["seconds"])
     connection = q.connect(settings.redis_url)
-    worker = SimpleWorker([q.queue(settings.redis_url, name) for name in q.QUEUES],
-                          connection=connection,
-                          name=f"dicomstl-{socket.gethostname()}-{os.getpid()}")
-    worker.work(burst=burst, with_scheduler=True, logging_level="WARNING")
+    queues = [q.queue(settings.redis_url, name) for name in q.QUEUES]
+    stop = threading.Event()
+    pause, generation = 1.0, 0
+    while True:
+        generation += 1  # a new name: the last one may still be registered in Redis
+        started, worker = time.monotonic(), None
+        try:
+            worker = Worker(queues, connection=connection, name=(
+                f"dicomstl-{socket.gethostname()}-{os.getpid()}-{generation}"))
+            worker.work(burst=burst, with_scheduler=True, logging_level="WARNING")
+            lost = not q.reachable(settings.redis_url)
+        except RedisError:
+            lost = True
+        if (worker is not None and worker.stop_requested) or (burst and not lost):
+            return  # SIGTERM/SIGINT (RQ's own handlers), or the queues are empty
+        if not lost:
+            raise RuntimeError("the RQ worker loop stopped on an unexpected error (logged "
+                               "above)")
+        for sig in (signal.SIGTERM, signal.SIGINT):  # RQ's handlers need a live worker
+            signal.signal(sig, lambda *_: stop.set())
+        if time.monotonic() - started > 60:
+            pause = 1.0  # it worked for a while: a new outage starts with a short pause
+        log.warning("Redis is unreachable; the worker connects again in %.0f s", pause)
+        if stop.wait(pause):
+            return
+        pause = min(30.0, 2 * pause)
 
 
 def _free_port(host: str) -> int:
@@ -101,14 +145,19 @@ def _port_or_free(host: str, port: int, what: str) -> int:
 
 
 def up(settings: Settings) -> int:
-    """Everything on one machine until Ctrl-C; returns the exit status."""
-    from dicomstl.queue import start_embedded_redis
+    """Everything on one machine until Ctrl-C or SIGTERM, each process restarted when it
+    dies (``supervisor``); returns the exit status."""
+    from dicomstl.queue import embedded_redis_socket, start_embedded_redis
+    from dicomstl.supervisor import Supervisor
 
     env = dict(os.environ, DICOMSTL_DATA_DIR=str(settings.data_dir))
     env.setdefault("DATABASE_URL", settings.database_url)
-    redis_proc = None
+    supervisor = Supervisor(settings.max_restarts, settings.restart_window_s)
     if settings.redis_url is None:
-        redis_proc, env["REDIS_URL"] = start_embedded_redis(settings.data_dir)
+        socket_path = embedded_redis_socket(settings.data_dir)  # the same after a restart
+        env["REDIS_URL"] = f"unix://{socket_path}"
+        supervisor.add("redis-server", lambda: start_embedded_redis(
+            settings.data_dir, socket_path)[0], stop_last=True)
     port = _port_or_free(settings.host, settings.port, "the web app")  # 0: any free port
     env["DICOMSTL_PORT"] = str(port)
     metrics = {}
@@ -118,11 +167,10 @@ def up(settings: Settings) -> int:
             if wanted else 0
         env[f"DICOMSTL_{name.upper()}_METRICS_PORT"] = str(metrics[name])
     migrate(settings.database_url)
-    children: dict[str, subprocess.Popen] = {}
-    for name in ("serve", "worker", "scheduler"):
+    for name, command in (("web", "serve"), ("worker", "worker"), ("scheduler", "scheduler")):
         # Own sessions: Ctrl-C reaches only this process, which stops them in order (Redis last).
-        children[name] = subprocess.Popen([sys.executable, "-m", "dicomstl", name], env=env,
-                                          start_new_session=True)
+        supervisor.add(name, lambda command=command: subprocess.Popen(
+            [sys.executable, "-m", "dicomstl", command], env=env, start_new_session=True))
     stopping = False
 
     def stop(*_args) -> None:
@@ -139,24 +187,11 @@ def up(settings: Settings) -> int:
             for name, p in metrics.items() if p), flush=True)
     status = 0
     while not stopping:
-        for name, proc in children.items():
-            if proc.poll() is not None:
-                print(f"the {name} process ended (exit {proc.returncode}); stopping",
-                      file=sys.stderr)
-                stopping, status = True, 1
+        if not supervisor.check():
+            print(f"{supervisor.failure}; stopping", file=sys.stderr, flush=True)
+            status = 1
+            break
         time.sleep(0.2)
-    for proc in children.values():
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 15
-    for proc in children.values():
-        try:
-            proc.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    if redis_proc is not None:
-        redis_proc.terminate()
-        redis_proc.wait(10)
+    supervisor.stop()
     print("dicomstl stopped", flush=True)
     return status

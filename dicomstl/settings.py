@@ -28,6 +28,10 @@ class Settings:
     port: int = 8000
     web_workers: int = 2
     web_threads: int = 8
+    web_header_timeout_s: float = 10.0  # a request's headers must arrive within this
+    web_body_timeout_s: float = 20.0  # the longest a request body may pause (and its grace)
+    web_body_min_rate: int = 4096  # bytes/s a body must average after its grace period
+    web_send_timeout_s: float = 60.0  # the longest one write to a client may block
     max_upload_bytes: int = 2 * 1024**3
     max_upload_files: int = 20_000
     job_timeout_s: int = 1800
@@ -35,9 +39,15 @@ class Settings:
     upload_ttl_s: int = 3600  # an upload never converted is deleted this long after arrival
     heartbeat_s: float = 10.0  # a running job's worker writes a heartbeat this often
     stall_after_s: float = 60.0  # a running job without a heartbeat this long has lost its worker
-    max_attempts: int = 2  # runs of a job whose worker died before it is failed
+    max_attempts: int = 2  # a job whose worker was lost this many times is failed
     sweep_interval_s: float = 30.0
-    callback_timeout_s: float = 10.0
+    max_restarts: int = 5  # `up` stops when one process died this often within the window
+    restart_window_s: float = 300.0
+    callback_timeout_s: float = 10.0  # a callback's connect and read limit, and its whole time
+    callback_allow_http: bool = False  # plain-http callback URLs (https only otherwise)
+    #: comma-separated host names a callback may reach although they resolve to internal
+    #: (loopback, private, link-local) addresses: on-premise receivers
+    callback_allowed_hosts: str = ""
     metrics_host: str = "127.0.0.1"  # where each process serves /metrics (0.0.0.0 in pods)
     web_metrics_port: int = 9181  # 0: no metrics from that process
     worker_metrics_port: int = 9182
@@ -45,6 +55,12 @@ class Settings:
     proxy_hops: int = 0  # reverse proxies in front of the web app whose X-Forwarded-For counts
     backend: str = "auto"
     gpu_memory_budget: int = 0  # GPU memory one conversion may use; 0: 80% of what is free
+
+    @property
+    def callback_hosts(self) -> frozenset[str]:
+        """``callback_allowed_hosts`` as lower-case host names."""
+        return frozenset(h.strip().lower().rstrip(".") for h in
+                         self.callback_allowed_hosts.split(",") if h.strip())
 
     @property
     def jobs_dir(self) -> Path:
@@ -58,7 +74,19 @@ class Settings:
 
 #: Fields read from the environment in their own way, not as DICOMSTL_<FIELD NAME>.
 _SPECIAL = {"data_dir", "database_url", "redis_url", "secret_key"}
-_KINDS = {"int": int, "float": float, "str": str}
+_BOOLEANS = {"1": True, "true": True, "yes": True, "on": True,
+             "0": False, "false": False, "no": False, "off": False, "": False}
+
+
+def _boolean(text: str) -> bool:
+    try:
+        return _BOOLEANS[text.strip().lower()]
+    except KeyError:
+        raise ValueError(text) from None
+
+
+_KINDS = {"int": int, "float": float, "str": str, "bool": _boolean}
+_WORDS = {int: "a whole number", float: "a number", _boolean: "1 or 0 (true or false)"}
 
 
 def _secret_key(data_dir: Path) -> str:
@@ -76,11 +104,14 @@ def _secret_key(data_dir: Path) -> str:
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
-    """Settings from ``env`` (default: the process environment); creates the data folders."""
+    """Settings from ``env`` (default: the process environment); creates the data folders
+    (owner-only: they hold patient data and secrets)."""
     env = os.environ if env is None else env
     data_dir = Path(env.get("DICOMSTL_DATA_DIR", "var")).resolve()
     for sub in ("", "jobs", "incoming"):
-        (data_dir / sub).mkdir(parents=True, exist_ok=True)
+        (data_dir / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
+    if data_dir.stat().st_uid == os.getuid():  # owner-only, whatever made it before
+        data_dir.chmod(0o700)
     values: dict = {
         "data_dir": data_dir,
         "database_url": env.get("DATABASE_URL") or f"sqlite:///{data_dir / 'dicomstl.db'}",
@@ -95,8 +126,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         try:
             values[f.name] = kind(env[var])
         except ValueError:
-            raise ConfigError(f"{var} must be {'a whole number' if kind is int else 'a number'}"
-                              f", not {env[var]!r}") from None
+            raise ConfigError(f"{var} must be {_WORDS[kind]}, not {env[var]!r}") from None
     return Settings(**values)
 
 

@@ -2,7 +2,8 @@
 
 ``<data_dir>/jobs/<job id>/upload/`` holds the upload under numbered names (a user's file
 names can carry patient data, so they are never kept); ``result/`` holds the model, named
-only by the job id. Nothing else of a job is on disk.
+only by the job id. Nothing else of a job is on disk. Everything is owner-only: folders
+0700, files 0600 (the service's processes also run with umask 077, ``private_umask``).
 """
 
 from __future__ import annotations
@@ -38,15 +39,43 @@ def result_path(settings: Settings, job_id: str, fmt: str) -> Path:
     return result_dir(settings, job_id) / result_name(job_id, fmt)
 
 
+#: Folders and files of uploads and models: readable by the service's user only.
+PRIVATE_DIR, PRIVATE_FILE = 0o700, 0o600
+
+
+def private_umask() -> None:
+    """Make every file this process creates from now on owner-only (umask 077)."""
+    os.umask(0o077)
+
+
+def make_private_dir(path: Path) -> Path:
+    """``path`` and any missing parents, owner-only (whatever the umask)."""
+    if not path.is_dir():
+        make_private_dir(path.parent)
+        with contextlib.suppress(FileExistsError):
+            path.mkdir(mode=PRIVATE_DIR)
+        path.chmod(PRIVATE_DIR)  # the mode given to mkdir is masked by the umask
+    return path
+
+
 def store_upload(settings: Settings, job_id: str, parts: list[Path]) -> tuple[int, int]:
-    """Move streamed upload parts into the job's folder; (files, bytes)."""
+    """Move streamed upload parts into the job's folder (owner-only); (files, bytes)."""
     folder = upload_dir(settings, job_id)
-    folder.mkdir(parents=True)
+    make_private_dir(job_dir(settings, job_id))
+    folder.mkdir(mode=PRIVATE_DIR)
+    folder.chmod(PRIVATE_DIR)
     total = 0
     for n, part in enumerate(parts):
         total += part.stat().st_size
-        os.replace(part, folder / f"{n:06d}.part")
+        target = folder / f"{n:06d}.part"
+        os.replace(part, target)
+        target.chmod(PRIVATE_FILE)
     return len(parts), total
+
+
+def make_result_dir(settings: Settings, job_id: str) -> Path:
+    """The job's (owner-only) result folder, made if missing."""
+    return make_private_dir(result_dir(settings, job_id))
 
 
 def delete_upload(settings: Settings, job_id: str) -> None:

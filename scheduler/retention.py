@@ -94,7 +94,7 @@ def sweep(settings: Settings, now: dt.datetime, counts: Counter | None = None,
 def sweep_jobs(settings: Settings, now: dt.datetime, counts: Counter) -> None:
     """Delete every job whose deadline has come: files, row (→ ``deleted``), Redis entries."""
     with session_scope(settings.database_url) as session:
-        due = list(session.execute(select(Job.id, Job.state, Job.attempts).where(
+        due = list(session.execute(select(Job.id, Job.state, Job.run).where(
             Job.delete_after <= now, Job.state != "deleted")))
     for job_id, state, runs in due:
         ended = state in ENDED

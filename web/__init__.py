@@ -11,15 +11,23 @@ from pathlib import Path
 
 from flask import Flask, abort, current_app, render_template, request, send_from_directory
 from flask_wtf.csrf import CSRFProtect
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, ServiceUnavailable
 
 from dicomstl import __version__
+from dicomstl import queue as q
 from dicomstl.db import migrate
+from dicomstl.jobs import QueueUnavailable
 from dicomstl.settings import Settings, configure, load_settings
 from web.uploads import UploadRequest, discard_unclaimed
 
 log = logging.getLogger(__name__)
 THREE_DIR = Path(__file__).parent / "node_modules" / "three"
+#: Endpoints that take an upload: refused (503) before the body is read when Redis is down.
+UPLOAD_ENDPOINTS = {"pages.upload", "api.submit"}
+QUEUE_DOWN = ("the conversion queue cannot be reached just now, so the upload was not "
+              "accepted and nothing was stored; please try again in a minute")
+#: Headers of an HTTP error that its answer keeps.
+KEPT_HEADERS = ("Retry-After", "WWW-Authenticate", "Allow")
 
 
 def create_app(settings: Settings | None = None, run_migrations: bool = True) -> Flask:
@@ -41,7 +49,7 @@ def create_app(settings: Settings | None = None, run_migrations: bool = True) ->
         log.warning("three.js is not installed (npm ci --prefix web); the 3D preview is off")
 
     from web.api import api
-    from web.pages import pages
+    from web.pages import duration_words, pages
 
     if settings.proxy_hops:  # the client's address as the proxies in front of us saw it
         from werkzeug.middleware.proxy_fix import ProxyFix
@@ -51,6 +59,12 @@ def create_app(settings: Settings | None = None, run_migrations: bool = True) ->
     from web.metrics import instrument
 
     instrument(app)
+
+    @app.before_request  # before the CSRF check, which reads the whole upload
+    def refuse_uploads_without_queue():
+        if request.endpoint in UPLOAD_ENDPOINTS and not q.reachable(settings.redis_url):
+            raise ServiceUnavailable(QUEUE_DOWN, retry_after=30)
+
     csrf = CSRFProtect(app)
     csrf.exempt(api)
     app.register_blueprint(pages)
@@ -59,7 +73,8 @@ def create_app(settings: Settings | None = None, run_migrations: bool = True) ->
 
     @app.context_processor
     def globals_() -> dict:
-        return {"version": __version__, "max_upload_bytes": settings.max_upload_bytes}
+        return {"version": __version__, "max_upload_bytes": settings.max_upload_bytes,
+                "result_kept": duration_words(settings.result_ttl_s)}
 
     @app.get("/vendor/three/<path:filename>")
     def three(filename: str):
@@ -77,9 +92,15 @@ def create_app(settings: Settings | None = None, run_migrations: bool = True) ->
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
+        headers = {k: v for k, v in exc.get_headers() if k in KEPT_HEADERS}
         if wants_json():
-            return {"error": _error_text(exc)}, exc.code
-        return render_template("error.html", code=exc.code, message=_error_text(exc)), exc.code
+            return {"error": _error_text(exc)}, exc.code, headers
+        return (render_template("error.html", code=exc.code, message=_error_text(exc)),
+                exc.code, headers)
+
+    @app.errorhandler(QueueUnavailable)
+    def queue_down(_exc: QueueUnavailable):  # Redis went away while the upload arrived
+        return http_error(ServiceUnavailable(QUEUE_DOWN, retry_after=30))
 
     @app.errorhandler(Exception)
     def internal_error(exc: Exception):

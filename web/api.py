@@ -8,17 +8,17 @@ its own jobs. ``POST /jobs`` takes a multipart upload (``files``: DICOM files or
 from __future__ import annotations
 
 import json
-from urllib.parse import urlsplit
 
 from flask import Blueprint, abort, current_app, g, request, url_for
 
 from dicomstl import apikeys, jobs
+from dicomstl.callback_url import CallbackURLError, check_callback_url
 from dicomstl.errors import ConversionError
 from dicomstl.job_options import parse_options
 from web.metrics import count_upload
 from web.openapi import spec
 from web.pages import send_result
-from web.uploads import take_files
+from web.uploads import file_digests, take_files
 
 api = Blueprint("api", __name__)
 
@@ -73,9 +73,10 @@ def submit():
         return _bad("Idempotency-Key must be 1 to 200 characters")
     callback = request.form.get("callback_url") or None
     if callback is not None:
-        parts = urlsplit(callback)
-        if parts.scheme not in ("http", "https") or not parts.netloc or len(callback) > 2000:
-            return _bad("callback_url must be an http(s) URL")
+        try:
+            check_callback_url(callback, settings)
+        except CallbackURLError as exc:
+            return _bad(str(exc))
     try:
         raw = json.loads(request.form.get("options") or "{}")
     except ValueError:
@@ -85,8 +86,13 @@ def submit():
         files = take_files()
     except ConversionError as exc:
         return _bad(str(exc))
-    job, created = jobs.create_job(settings, g.owner, options, files, "bulk",
-                                   idempotency_key=key, callback_url=callback)
+    try:
+        job, created = jobs.create_job(
+            settings, g.owner, options, files, "bulk", idempotency_key=key,
+            callback_url=callback,
+            submitted_hash=jobs.request_hash(options, callback, file_digests(files)))
+    except jobs.IdempotencyConflict as exc:
+        return _bad(str(exc), 422)
     if created:
         count_upload("api", job.upload_bytes)
     return _view(job), 201 if created else 200, {"Location": url_for("api.get_job",

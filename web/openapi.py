@@ -7,7 +7,8 @@ from functools import cache
 from dicomstl import __version__
 from dicomstl.db import STATES
 from dicomstl.job_options import OPTION_TYPES
-from gpu_worker.options import STAGES
+from gpu_worker.options import FORMATS, LIMITS, MAX_KEEP, STAGES
+from gpu_worker.presets import PRESETS
 
 
 def _nullable(kind: str, **extra) -> dict:
@@ -31,8 +32,15 @@ JOB_ID = {"name": "job_id", "in": "path", "required": True,
 @cache
 def spec() -> dict:
     options = {name: {"type": kind} for name, (kind, _types) in OPTION_TYPES.items()}
-    options["preset"]["enum"] = ["bone", "skin", "soft-tissue", "teeth", "lung"]
-    options["format"]["enum"] = ["stl", "stl-ascii", "3mf"]
+    for name, (low, high, unit) in LIMITS.items():
+        if name in options:
+            options[name].update(minimum=low, maximum=high, **({"description": unit}
+                                                                if unit else {}))
+    options["decimate"]["exclusiveMaximum"] = options["decimate"].pop("maximum")
+    options["preset"]["enum"] = list(PRESETS)
+    options["format"]["enum"] = list(FORMATS)
+    options["keep"].update(pattern=r"^(all|largest|[1-9][0-9]{0,3}|10000)$",  # 1…MAX_KEEP
+                           description=f"all, largest, or the N largest parts (N ≤ {MAX_KEEP})")
     job = {
         "type": "object",
         "required": ["id", "state", "options", "created_at", "delete_after", "stages",
@@ -70,7 +78,8 @@ def spec() -> dict:
         "info": {"title": "dicomstl API", "version": __version__,
                  "description": "Submit DICOM series, follow the conversion, download the "
                                 "model (millimetres, patient LPS coordinates). Uploads are "
-                                "deleted when the conversion ends; models one hour later."},
+                                "deleted when the conversion ends; models at the time in their "
+                                "job's delete_after (one hour later by default)."},
         "servers": [{"url": "/api/v1"}],
         "components": {
             "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
@@ -86,11 +95,17 @@ def spec() -> dict:
         "paths": {
             "/openapi.json": {"get": {
                 "operationId": "openapi", "security": [],
+                "summary": "This document (no key needed)",
                 "responses": {"200": {"description": "this document",
                                       "content": {"application/json": {}}}}}},
             "/jobs": {
                 "post": {
                     "operationId": "submitJob",
+                    "summary": "Upload a series and queue its conversion",
+                    "description": "Multipart fields: files (DICOM files or one .zip), "
+                                   "options (a JSON object, see Options), callback_url "
+                                   "(https; the signed job is POSTed there when it ends). "
+                                   "An Idempotency-Key header makes retries safe.",
                     "parameters": [{"name": "Idempotency-Key", "in": "header",
                                     "schema": {"type": "string", "maxLength": 200}}],
                     "requestBody": {"required": True, "content": {"multipart/form-data": {
@@ -99,15 +114,24 @@ def spec() -> dict:
                                       "items": {"type": "string", "format": "binary"}},
                             "options": {"type": "string",
                                         "description": "JSON object; see Options"},
-                            "callback_url": {"type": "string", "format": "uri"}}}}}},
+                            "callback_url": {
+                                "type": "string", "format": "uri", "maxLength": 2000,
+                                "description": "https, to a public host (internal addresses "
+                                               "are refused); see /api"}}}}}},
                     "responses": {"201": _job_response("queued"),
                                   "200": _job_response("the job made earlier with this "
                                                        "Idempotency-Key"),
-                                  "400": _error("bad options or no files"),
+                                  "400": _error("bad options (see Options for the ranges), "
+                                                "a refused callback_url, or no files"),
                                   "401": _error("no valid API key"),
-                                  "413": _error("upload too large")}},
+                                  "413": _error("upload too large"),
+                                  "422": _error("Idempotency-Key used before for a "
+                                                "different request"),
+                                  "503": _error("the queue is unreachable; nothing was "
+                                                "stored: retry later (Retry-After)")}},
                 "get": {
                     "operationId": "listJobs",
+                    "summary": "This key's jobs, newest first",
                     "parameters": [
                         {"name": "limit", "in": "query",
                          "schema": {"type": "integer", "minimum": 1, "maximum": 200}},
@@ -130,18 +154,19 @@ def spec() -> dict:
             },
             "/jobs/{job_id}": {
                 "parameters": [JOB_ID],
-                "get": {"operationId": "getJob",
+                "get": {"operationId": "getJob", "summary": "A job: state, stages, report",
                         "responses": {"200": _job_response("the job"),
                                       "401": _error("no valid API key"),
                                       "404": _error("no such job for this key")}},
                 "delete": {"operationId": "deleteJob",
+                           "summary": "Delete a job's files now (a running one stops)",
                            "responses": {"200": _job_response("deleted now"),
                                          "401": _error("no valid API key"),
                                          "404": _error("no such job for this key")}},
             },
             "/jobs/{job_id}/result": {
                 "parameters": [JOB_ID],
-                "get": {"operationId": "getResult",
+                "get": {"operationId": "getResult", "summary": "Download the model",
                         "responses": {
                             "200": {"description": "the model",
                                     "content": {"model/stl": {}, "model/3mf": {}}},
@@ -153,6 +178,7 @@ def spec() -> dict:
             "/jobs/{job_id}/series": {
                 "parameters": [JOB_ID],
                 "post": {"operationId": "chooseSeries",
+                         "summary": "Pick the series to convert when the upload held several",
                          "requestBody": {"required": True, "content": {"application/json": {
                              "schema": {"type": "object", "required": ["series"],
                                         "properties": {"series": {"type": "string"}}}}}},

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from pathlib import Path
 
 from flask import (
     Blueprint,
@@ -26,12 +27,19 @@ from dicomstl import jobs, storage
 from dicomstl.errors import ConversionError
 from dicomstl.job_options import form_options
 from dicomstl.settings import Settings
-from gpu_worker.options import FORMATS, STAGES
+from gpu_worker.options import FORMATS, LIMITS, STAGES
 from gpu_worker.presets import PRESETS
 from web.metrics import count_upload
+from web.openapi import spec
 from web.uploads import take_files
 
 pages = Blueprint("pages", __name__)
+STATIC = Path(__file__).parent / "static"
+
+#: What the form starts with: the options most people want for a first print (the largest
+#: part only, so the CT table and the head holder go; about 25 MB of binary STL). The API
+#: and the command line keep the plain iso-surface as their default.
+FORM_DEFAULTS = {"keep": "largest", "max_triangles": 500_000}
 
 
 def _settings() -> Settings:
@@ -64,7 +72,19 @@ def _wants_json() -> bool:
 
 @pages.get("/")
 def home():
-    return render_template("home.html", presets=PRESETS.values(), formats=FORMATS)
+    return render_template("home.html", presets=PRESETS.values(), formats=FORMATS,
+                           limits=LIMITS, defaults=FORM_DEFAULTS)
+
+
+@pages.get("/api")
+def api_docs():
+    """The bulk API for people: every operation of the OpenAPI document, with examples."""
+    return render_template("api.html", spec=spec())
+
+
+@pages.get("/favicon.ico")
+def favicon():
+    return send_file(STATIC / "favicon.ico", mimetype="image/vnd.microsoft.icon", max_age=86400)
 
 
 @pages.post("/upload")
@@ -121,10 +141,20 @@ def delete(job_id: str):
     return redirect(url_for("pages.job_page", job_id=job_id), 303)
 
 
+def duration_words(seconds: float) -> str:
+    """``3600`` -> "one hour", ``5400`` -> "90 minutes", ``172800`` -> "2 days"."""
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
+        if seconds >= size and seconds % size == 0:
+            n = int(seconds // size)
+            return f"one {unit}" if n == 1 else f"{n} {unit}s"
+    return f"{seconds:g} seconds"
+
+
 def send_result(settings: Settings, job, as_attachment: bool = True):
     """The model file of a done job; 409 before it is done, 410 once it is deleted."""
     if job.state == "deleted":
-        abort(410, "the model was deleted (results are kept for one hour after conversion)")
+        abort(410, "the model was deleted (results are kept for "
+                   f"{duration_words(settings.result_ttl_s)} after conversion)")
     if job.state != "done":
         abort(409, f"the job is {job.state}; the model is there once it is done")
     fmt = job.options.get("format", "stl")

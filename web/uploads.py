@@ -7,29 +7,83 @@ to a job are deleted when the request ends, and the scheduler deletes any left b
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from flask import Request, current_app, request
 from werkzeug.datastructures import FileStorage
+from werkzeug.exceptions import RequestTimeout
 
 from dicomstl.errors import ConversionError
+from web.server import ReceiveTimeout
 
 
 class UploadError(ConversionError):
     """The upload itself is unusable (no files)."""
 
 
+class _HashedPart:
+    """An upload part's temporary file that hashes (SHA-256) what is written to it."""
+
+    def __init__(self, file):
+        self._file = file
+        self.sha256 = hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.sha256.update(data)
+        return self._file.write(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self._file, name)
+
+
 class UploadRequest(Request):
-    """A request whose file parts are written to ``incoming/`` while they arrive."""
+    """A request whose file parts are written to ``incoming/`` while they arrive, hashed on
+    the way (``file_digests``)."""
 
     def _get_file_stream(self, total_content_length, content_type, filename=None,
                          content_length=None):
         settings = current_app.config["SETTINGS"]
-        part = tempfile.NamedTemporaryFile("wb+", dir=settings.incoming_dir, prefix="part-",  # noqa: SIM115
-                                           delete=False)
+        part = _HashedPart(tempfile.NamedTemporaryFile(  # noqa: SIM115
+            "wb+", dir=settings.incoming_dir, prefix="part-", delete=False))
         self.__dict__.setdefault("upload_parts", []).append(Path(part.name))
+        self.__dict__.setdefault("upload_hashes", {})[Path(part.name)] = part.sha256
         return part
+
+    def _load_form_data(self) -> None:
+        with _slow_body_answers_408(self.mimetype):
+            super()._load_form_data()
+
+    def get_data(self, *args, **kwargs):
+        with _slow_body_answers_408(self.mimetype):
+            return super().get_data(*args, **kwargs)
+
+
+@contextmanager
+def _slow_body_answers_408(mimetype: str) -> Iterator[None]:
+    """A body the server cut for arriving too slowly (``ReceiveTimeout``) becomes a 408.
+
+    werkzeug's input stream turns the server's error into ``ClientDisconnected`` (a 400),
+    so the cause is looked for along the chain.
+    """
+    try:
+        yield
+    except Exception as exc:
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, ReceiveTimeout):
+            cause = cause.__cause__ or cause.__context__
+        if cause is None:
+            raise
+        s = current_app.config["SETTINGS"]
+        rate = s.web_body_min_rate
+        rate_text = f"{rate // 1024} KiB/s" if rate % 1024 == 0 else f"{rate} bytes/s"
+        what = "upload" if mimetype == "multipart/form-data" else "request"
+        raise RequestTimeout(
+            f"the {what} arrived too slowly (under {rate_text}, or a pause of "
+            f"{s.web_body_timeout_s:g} s); check the connection and try again") from None
 
 
 def take_files(field: str = "files") -> list[Path]:
@@ -46,6 +100,12 @@ def take_files(field: str = "files") -> list[Path]:
     if not parts:
         raise UploadError("the upload holds no files; choose a folder, DICOM files or a .zip")
     return parts
+
+
+def file_digests(parts: list[Path]) -> list[str]:
+    """The SHA-256 (hex) of each of this request's upload parts, hashed as they arrived."""
+    hashes = request.__dict__.get("upload_hashes", {})
+    return [hashes[part].hexdigest() for part in parts]
 
 
 def discard_unclaimed(_exc: BaseException | None = None) -> None:

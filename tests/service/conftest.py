@@ -17,6 +17,7 @@ from dicomstl import apikeys
 from dicomstl.db import migrate
 from dicomstl.queue import start_embedded_redis
 from dicomstl.settings import Settings, configure, load_settings
+from tests.dicom_factory import lps_grid, sphere_hu, write_series
 from tests.service.helpers import free_port, spawn, stop
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -92,6 +93,15 @@ def app(settings: Settings):
     app = create_app(settings)
     app.config["TESTING"] = True
     return app
+
+
+@pytest.fixture
+def series(tmp_path: Path) -> list[Path]:
+    """A small synthetic CT series written with pydicom (12 slices of 24x24)."""
+    origins = [(0.0, 0.0, 1.5 * k) for k in range(12)]
+    grid = lps_grid((12, 24, 24), (1, 0, 0), (0, 1, 0), (1.0, 1.0), origins)
+    hu = sphere_hu(grid, (12.0, 12.0, 8.0), 6.0, 1.0)
+    return sorted(write_series(tmp_path / "series", hu, origins=origins))
 
 
 @pytest.fixture

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import socket
 import subprocess
@@ -49,3 +51,41 @@ def wait_for(predicate, timeout_s: float = 120, what: str = "condition"):
             return value
         time.sleep(0.2)
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+def file_parts(paths: list[Path]) -> list[tuple[io.BytesIO, str]]:
+    """Files for a Flask test client's multipart form, under the numbered name the form
+    sends ("part")."""
+    return [(io.BytesIO(p.read_bytes()), "part") for p in paths]
+
+
+def api_submit(client, key, series: list[Path], options=None, headers=None, **form):
+    """``POST /api/v1/jobs`` through a Flask test client; the response."""
+    data = {"files": file_parts(series), **form}
+    if options is not None:
+        data["options"] = options if isinstance(options, str) else json.dumps(options)
+    return client.post("/api/v1/jobs", data=data, content_type="multipart/form-data",
+                       headers={**auth(key), **(headers or {})})
+
+
+def descendants(pid: int) -> list[int]:
+    """The pids of a process's children, their children, and so on."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid:
+            child = int(stat.parent.name)
+            found += [child, *descendants(child)]
+    return found
+
+
+def command_line(pid: int) -> str:
+    """A process's command line ("" once it is gone)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
+            errors="replace")
+    except OSError:
+        return ""

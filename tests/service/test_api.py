@@ -4,8 +4,6 @@ database (SQLite, and PostgreSQL when it answers): auth, ownership, idempotency,
 from __future__ import annotations
 
 import datetime as dt
-import io
-import json
 from dataclasses import replace
 
 import pytest
@@ -16,29 +14,9 @@ from dicomstl import apikeys, jobs
 from dicomstl.db import Job, session_scope
 from dicomstl.queue import connect
 from scheduler.main import run_pass
-from tests.dicom_factory import lps_grid, sphere_hu, write_series
+from tests.service.helpers import api_submit as _submit
 from tests.service.helpers import auth
-
-
-@pytest.fixture
-def series(tmp_path):
-    """A small synthetic CT series written with pydicom (12 slices of 24x24)."""
-    origins = [(0.0, 0.0, 1.5 * k) for k in range(12)]
-    grid = lps_grid((12, 24, 24), (1, 0, 0), (0, 1, 0), (1.0, 1.0), origins)
-    hu = sphere_hu(grid, (12.0, 12.0, 8.0), 6.0, 1.0)
-    return sorted(write_series(tmp_path / "series", hu, origins=origins))
-
-
-def _files(paths):
-    return [(io.BytesIO(p.read_bytes()), "part") for p in paths]
-
-
-def _submit(client, key, series, options=None, headers=None, **form):
-    data = {"files": _files(series), **form}
-    if options is not None:
-        data["options"] = json.dumps(options)
-    return client.post("/api/v1/jobs", data=data, content_type="multipart/form-data",
-                       headers={**auth(key), **(headers or {})})
+from tests.service.helpers import file_parts as _files
 
 
 def test_submit_queues_a_job_with_its_deadline(app, settings, api_key, series):
@@ -47,7 +25,8 @@ def test_submit_queues_a_job_with_its_deadline(app, settings, api_key, series):
     r = _submit(client, api_key, series, {"preset": "bone", "smooth_mm": 0.5})
     assert r.status_code == 201, r.json
     job = r.json
-    assert job["state"] == "queued" and job["queue"] == "bulk" and job["attempts"] == 1
+    # queued, not yet started by a worker: no attempt yet
+    assert job["state"] == "queued" and job["queue"] == "bulk" and job["attempts"] == 0
     assert job["options"] == {"preset": "bone", "smooth_mm": 0.5}
     assert r.headers["Location"] == f"/api/v1/jobs/{job['id']}"
     assert len(job["id"]) >= 32  # 192 random bits
@@ -126,13 +105,33 @@ def test_bad_options_are_refused_clearly(app, settings, api_key, series, options
     assert list(settings.jobs_dir.iterdir()) == [] and list(settings.incoming_dir.iterdir()) == []
 
 
-def test_upload_without_files_and_bad_callback(app, api_key, series):
+def test_upload_without_files_and_bad_callback(app, settings, api_key, series):
+    from web import create_app
+
     client = app.test_client()
     r = client.post("/api/v1/jobs", data={"options": "{}"}, headers=auth(api_key),
                     content_type="multipart/form-data")
     assert r.status_code == 400 and "no files" in r.json["error"]
     r = _submit(client, api_key, series, callback_url="file:///etc/passwd")
     assert r.status_code == 400 and "callback_url" in r.json["error"]
+    # internal addresses are refused (SSRF): Redis on the host, cloud metadata, localhost
+    loopback = ("callback_url must not point to a private or local address: 127.0.0.1 is a "
+                "loopback address")
+    r = _submit(client, api_key, series, callback_url="http://127.0.0.1:6379/")
+    assert r.status_code == 400 and r.json["error"] == ("callback_url must use https: this "
+                                                        "service does not send callbacks over "
+                                                        "plain http")
+    lenient = create_app(replace(settings, callback_allow_http=True)).test_client()
+    for url, error in [("http://127.0.0.1:6379/", loopback), ("https://127.0.0.1:6379/", loopback),
+                       ("http://169.254.169.254/latest/meta-data/", "169.254.169.254 is a "
+                                                                    "link-local address"),
+                       ("http://localhost:8998/hook", "localhost resolves to "),
+                       ("https://user:pw@93.184.215.14/", "user name or password")]:
+        r = _submit(lenient, api_key, series, callback_url=url)
+        assert r.status_code == 400 and error in r.json["error"], (url, r.json)
+    assert list(settings.jobs_dir.iterdir()) == [] and list(settings.incoming_dir.iterdir()) == []
+    with session_scope(settings.database_url) as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == 0
 
 
 def test_oversize_upload_is_413_and_leaves_nothing(settings, api_key, series):
@@ -209,7 +208,8 @@ def test_a_run_given_up_for_lost_cannot_overwrite_the_next(app, settings, api_ke
     assert jobs.recover(settings, later) == {"rerun": 1, "failed": 0, "requeued": 0}
     assert jobs.start_run(settings, job_id, 1) is None  # the old run may not restart
     stale = jobs.finish(settings, job_id, 1, message="late failure of the first run")
-    assert stale.state == "queued" and stale.attempts == 2 and stale.message is None
+    assert stale.state == "queued" and stale.run == 2 and stale.message is None
+    assert stale.attempts == 1 and stale.lost_runs == 1  # one run started, and it was lost
     assert (settings.jobs_dir / job_id / "upload").is_dir()
     assert jobs.start_run(settings, job_id, 2).state == "running"
     done = jobs.finish(settings, job_id, 2, report={"mesh": {}}, result_bytes=84)
@@ -218,12 +218,20 @@ def test_a_run_given_up_for_lost_cannot_overwrite_the_next(app, settings, api_ke
 
 def test_a_queued_job_whose_queue_entry_vanished_is_queued_again(app, settings, api_key,
                                                                  series):
+    """A Redis restart loses the queue entry: the scheduler queues the job again as the same
+    run. A run that never started is no attempt, so a later lost worker still re-runs it."""
     job_id = _submit(app.test_client(), api_key, series).json["id"]
     connect(settings.redis_url).flushall()  # a Redis restart without persistence
     later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=settings.stall_after_s + 1)
     assert jobs.recover(settings, later)["requeued"] == 1
     queued = Queue("bulk", connection=connect(settings.redis_url)).job_ids
-    assert queued == [f"{job_id}_r2"]
+    assert queued == [f"{job_id}_r1"]
+    job = jobs.get_job(settings, job_id)
+    assert (job.state, job.run, job.attempts) == ("queued", 1, 0)
+    assert jobs.recover(settings, later)["requeued"] == 0  # queued again: not twice
+    assert jobs.start_run(settings, job_id, 1).attempts == 1
+    much_later = later + dt.timedelta(seconds=settings.stall_after_s + 1)
+    assert jobs.recover(settings, much_later) == {"rerun": 1, "failed": 0, "requeued": 0}
 
 
 def test_series_choice_page(app, settings, series):
@@ -249,7 +257,7 @@ def test_series_choice_page(app, settings, series):
     assert ok.status_code == 303
     job = browser.get(f"/jobs/{job_id}/status").json
     assert job["state"] == "queued" and job["options"]["series"] == "1.2.4"
-    assert job["choices"] is None and job["attempts"] == 2
+    assert job["choices"] is None and job["attempts"] == 1  # the run that found the series
 
 
 def test_transient_errors_are_retried_user_errors_are_not(app, settings, api_key, series,

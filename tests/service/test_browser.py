@@ -7,6 +7,7 @@ Screenshots are kept in ``test-artifacts/`` at the repository root.
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 import pytest
@@ -52,10 +53,19 @@ def test_upload_progress_preview_download_delete(chromium, shared_dicom, web_url
             "offline": False, "latency": 0, "downloadThroughput": -1,
             "uploadThroughput": 4 * 1024 * 1024})
         page.goto(web_url)
+        # The form starts with what a first print needs: the largest part, ~25 MB of STL.
+        assert page.input_value("select[name=keep]") == "largest"
+        assert page.input_value("#max-triangles") == "500000"
+        assert "25 MB" in page.inner_text("#budget-size")
+        page.fill("#max-triangles", "300000")
+        assert "15 MB" in page.inner_text("#budget-size")
+        page.fill("#max-triangles", "500000")
+        assert page.get_attribute("#api-docs", "href") == "/api"
+        assert page.evaluate("fetch('/favicon.ico').then(r => r.ok && "
+                             "r.headers.get('content-type').startsWith('image/'))")
         page.set_input_files("#file-input", [str(p) for p in files])
         assert "28 file(s)" in page.inner_text("#chosen")
         page.select_option("select[name=preset]", "bone")
-        page.select_option("select[name=keep]", "largest")
         page.click("#submit")
         seen = set()
         while "/jobs/" not in page.url:
@@ -76,6 +86,9 @@ def test_upload_progress_preview_download_delete(chromium, shared_dicom, web_url
         worker()  # the page follows the job to "done" on its own, by polling
         page.wait_for_selector("canvas#preview[data-rendered]", timeout=120_000)
         assert page.inner_text("#state") == "done"
+        # The deletion time in the browser's own time zone, and how far away it is.
+        deadline = page.inner_text("#deadline time")
+        assert "UTC" not in deadline and re.search(r"\(in (59|60) minutes\)", deadline), deadline
         page.screenshot(path=str(ARTIFACTS / "job-done.png"), full_page=True,
                         timeout=SHOT_TIMEOUT_MS)
         shot = page.locator("canvas#preview").screenshot(path=str(ARTIFACTS / "preview.png"),

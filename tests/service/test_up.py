@@ -12,20 +12,7 @@ from pathlib import Path
 
 import requests
 
-from tests.service.helpers import wait_for
-
-
-def _descendants(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == pid:
-            child = int(stat.parent.name)
-            found += [child, *_descendants(child)]
-    return found
+from tests.service.helpers import descendants, wait_for
 
 
 def test_up_runs_everything_and_ctrl_c_stops_it(tmp_path):
@@ -42,7 +29,7 @@ def test_up_runs_everything_and_ctrl_c_stops_it(tmp_path):
         wait_for(lambda: _ok(url + "/healthz"), 60, "the web app")
         assert "Convert a DICOM series" in requests.get(url + "/", timeout=5).text
         wait_for(lambda: "worker ready" in log.read_text(), 60, "the worker")
-        children = _descendants(proc.pid)
+        children = descendants(proc.pid)
         names = " ".join(Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")
                          for p in children if Path(f"/proc/{p}").exists())
         for part in ("redis-server", "serve", "worker", "scheduler"):

@@ -19,6 +19,14 @@
     chosen.textContent = files.length
       ? `${files.length} file(s), ${(bytes / 1048576).toFixed(1)} MiB chosen.` : "Nothing chosen yet.";
   }
+  const budget = document.getElementById("max-triangles");
+  const budgetSize = document.getElementById("budget-size");
+  budget.addEventListener("input", () => {
+    const n = Number(budget.value);
+    budgetSize.textContent = budget.value && n > 0
+      ? `≈ ${Math.round((84 + 50 * n) / 1e6).toLocaleString()} MB as binary STL`
+      : "no limit: the full detail (often 100 MB or more)";
+  });
   for (const id of ["folder-input", "file-input"]) {
     document.getElementById(id).addEventListener("change", () => { dropped = []; describe(); });
   }

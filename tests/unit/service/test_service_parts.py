@@ -79,3 +79,17 @@ def test_migrations_match_the_models(tmp_path):
 def test_result_names_carry_no_user_text():
     assert storage.result_name("AbCdEfGhIjKlMnOp", "stl-ascii") == "dicomstl-AbCdEfGhIjKl.stl"
     assert storage.result_name("AbCdEfGhIjKlMnOp", "3mf") == "dicomstl-AbCdEfGhIjKl.3mf"
+
+
+def test_boolean_and_list_settings(tmp_path):
+    base = {"DICOMSTL_DATA_DIR": str(tmp_path / "d")}
+    assert load_settings(base).callback_allow_http is False
+    for text, value in (("1", True), ("yes", True), ("TRUE", True), ("0", False), ("no", False)):
+        s = load_settings({**base, "DICOMSTL_CALLBACK_ALLOW_HTTP": text})
+        assert s.callback_allow_http is value
+    with pytest.raises(ConfigError, match="DICOMSTL_CALLBACK_ALLOW_HTTP must be 1 or 0"):
+        load_settings({**base, "DICOMSTL_CALLBACK_ALLOW_HTTP": "maybe"})
+    s = load_settings({**base,
+                       "DICOMSTL_CALLBACK_ALLOWED_HOSTS": " Hooks.Clinic.local., 10.0.0.7,"})
+    assert s.callback_hosts == {"hooks.clinic.local", "10.0.0.7"}
+    assert oct((tmp_path / "d").stat().st_mode & 0o777) == "0o700"
