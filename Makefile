@@ -56,10 +56,15 @@ lint: $(STAMP)
 # Compile every CUDA kernel for Hopper (sm_90) with this machine's nvcc, so a syntax or type
 # error cannot land where no GPU runs the tests; the options are the ones CuPy compiles with.
 NVCC ?= $(shell command -v nvcc || echo /usr/local/cuda/bin/nvcc)
-kernels:
-	@for f in gpu_worker/kernels/*.cu; do \
-	  $(NVCC) -arch=sm_90 -std=c++17 --fmad=false -Igpu_worker/kernels -c $$f -o /dev/null \
+kernels: $(STAMP)
+	@for f in gpu_worker/gpu/kernels/*.cu; do \
+	  $(NVCC) -arch=sm_90 -std=c++17 --fmad=false -Igpu_worker/gpu/kernels -c $$f -o /dev/null \
 	    || exit 1; echo "compiled $$f for sm_90"; done
+	@# and all of them as the one module CuPy compiles
+	@$(BIN)/python -c "from gpu_worker.gpu.kernels import module_source as m; print(m())" \
+	  > .venv/kernels-module.cu
+	@$(NVCC) -arch=sm_90 -std=c++17 --fmad=false -Igpu_worker/gpu/kernels \
+	  -c .venv/kernels-module.cu -o /dev/null && echo "compiled the kernels' module for sm_90"
 
 bench: $(STAMP)
 	$(BIN)/python bench/convert.py $(SHARED)/ct-phantom-head-1mm --json bench/results/convert-cpu.json

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import best_of, ct_like, emit_json, vtk_flying_edges
 
+from gpu_worker import decode, dicom_headers
 from gpu_worker import series as ser
 from gpu_worker.marching import effective_level, marching_cubes
 from gpu_worker.pipeline import Options, convert
@@ -53,9 +54,9 @@ def plain_pydicom_read(files: list[Path]) -> float:
 
 def our_read(folder: Path) -> float:
     start = time.perf_counter()
-    found = ser.scan(collect_sources([folder]))
+    found = dicom_headers.scan(collect_sources([folder]))
     stack = ser.choose_series(ser.find_series(found), "largest")
-    ser.decode_series(found, stack)
+    decode.decode_series(found, stack)
     return time.perf_counter() - start
 
 
@@ -108,9 +109,9 @@ def main() -> int:
                                                          for _ in range(2)),
                        "dicomstl_scan_and_decode_seconds": min(our_read(args.series)
                                                                for _ in range(2))}
-    found = ser.scan(collect_sources([args.series]))
+    found = dicom_headers.scan(collect_sources([args.series]))
     stack = ser.choose_series(ser.find_series(found), "largest")
-    volume = to_volume(ser.decode_series(found, stack)).data
+    volume = to_volume(decode.decode_series(found, stack)).data
     results["surface_real"] = {"shape_kji": list(volume.shape), "dtype": str(volume.dtype),
                                **surface_benchmarks(volume, args.level, args.repeat)}
     if args.synthetic:

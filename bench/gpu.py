@@ -31,11 +31,12 @@ sys.path.insert(0, str(ROOT))
 
 from common import best_of, ct_like, emit_json, vtk_flying_edges  # noqa: E402
 
-from gpu_worker import gpu_device, gpu_volume  # noqa: E402
 from gpu_worker import volume as vol  # noqa: E402
 from gpu_worker.geometry import Geometry  # noqa: E402
-from gpu_worker.gpu_marching import marching_cubes_gpu  # noqa: E402
-from gpu_worker.gpu_stl import binary_stl_bytes_gpu  # noqa: E402
+from gpu_worker.gpu import volume as gpu_volume  # noqa: E402
+from gpu_worker.gpu.engine import GpuEngine  # noqa: E402
+from gpu_worker.gpu.marching import marching_cubes_gpu  # noqa: E402
+from gpu_worker.gpu.stl import binary_stl_bytes_gpu  # noqa: E402
 from gpu_worker.marching import marching_cubes  # noqa: E402
 from gpu_worker.mesh import Mesh, decimate  # noqa: E402
 from gpu_worker.pipeline import Options, convert  # noqa: E402
@@ -101,7 +102,7 @@ def phantom_benchmark(shape: tuple[int, int, int], repeat: int, bandwidth: float
     raw = dev + 1024  # stored int16 values (HU + 1024), RescaleIntercept -1024
     decoded = DecodedSeries(raw, np.ones(shape[0]), np.full(shape[0], -1024.0), geometry, "CT",
                             "", [])
-    t, volume = gpu_time(lambda: vol.to_volume(decoded), repeat)
+    t, volume = gpu_time(lambda: vol.to_volume(decoded, cupy), repeat)
     stage("rescale", t, 4 * voxels)
     t, smoothed = gpu_time(lambda: gpu_volume.smooth(volume, 0.5), repeat)
     stage("smooth", t, 3 * 8 * voxels + 2 * voxels)
@@ -180,7 +181,7 @@ def main() -> int:
 
     import cupy
 
-    info = gpu_device.warm_up()
+    info = GpuEngine().warm_up()
     results: dict = {
         "gpu": info["device"], "cuda_runtime": cupy.cuda.runtime.runtimeGetVersion(),
         "cuda_driver": cupy.cuda.runtime.driverGetVersion(), "cupy": cupy.__version__,

@@ -144,7 +144,7 @@ def main() -> int:
     env = {**os.environ, "DICOMSTL_DATA_DIR": str(tmp / "var"), "DICOMSTL_PORT": str(port)}
     env.pop("DATABASE_URL", None)
     env.pop("REDIS_URL", None)
-    dicomstl = [sys.executable, "-m", "dicomstl"]
+    dicomstl = [sys.executable, "-m", "dicomstl_cli"]
     up = subprocess.Popen([*dicomstl, "up"], env=env, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"

@@ -17,8 +17,9 @@ import time
 from dicomstl.apikeys import sign
 from dicomstl.callback_url import CallbackURLError, post
 from dicomstl.db import ApiKey, session_scope
-from dicomstl.jobs import callback_settled, get_job, public_view
-from dicomstl.settings import current_settings
+from dicomstl.job_view import public_view
+from dicomstl.jobs import callback_settled, get_job
+from dicomstl.settings import Settings
 
 SIGNATURE_HEADER = "X-Dicomstl-Signature"
 
@@ -29,9 +30,9 @@ class CallbackFailed(Exception):
     """The receiver answered, but not with a 2xx status."""
 
 
-def deliver(job_id: str) -> int:
-    """POST the job's state to its callback URL; returns the HTTP status (0: none sent)."""
-    settings = current_settings()
+def deliver(job_id: str, settings: Settings) -> int:
+    """POST the job's state to its callback URL; returns the HTTP status (0: none sent).
+    The worker runs it (``gpu_worker.tasks.deliver_callback``)."""
     job = get_job(settings, job_id)
     if not job.callback_url or not job.owner.startswith("key:"):
         callback_settled(settings, job_id)

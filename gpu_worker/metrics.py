@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from gpu_worker.options import STAGES
+from dicomstl.options import STAGES
 
 REASONS = ("input", "timeout", "internal", "transient")
 #: How a run ended: ``choice`` waits for the user to pick a series, ``retried`` goes back to
@@ -49,22 +49,17 @@ for _backend in BACKENDS:
     TRIANGLES.labels(_backend)
 
 
-#: The engine this process runs (set by the worker's warm-up).
-current_backend: str | None = None
-
-
 def set_backend(backend: str) -> None:
-    global current_backend
-    current_backend = backend
+    """The engine this worker runs (``cpu`` or ``gpu``)."""
     for name in BACKENDS:
         BACKEND.labels(name).set(1 if name == backend else 0)
 
 
-def observe_gpu_memory() -> None:
-    """Read the device's memory now (on the thread that runs jobs, which owns the context)."""
-    from gpu_worker import gpu_device
-
-    memory = gpu_device.memory_in_use()
+def observe_memory(memory: dict) -> None:
+    """The engine's memory now (``Engine.memory``; nothing for the CPU). Read on the thread
+    that runs jobs, which owns the GPU context."""
+    if not memory:
+        return
     GPU_MEMORY_USED.set(memory["device_total_bytes"] - memory["device_free_bytes"])
     GPU_MEMORY_HELD.set(memory["pool_held_bytes"])
     GPU_MEMORY_TOTAL.set(memory["device_total_bytes"])

@@ -14,8 +14,8 @@ import numba
 import numpy as np
 
 from dicomstl import __version__
+from dicomstl.options import FORMATS
 from gpu_worker.mesh import Mesh
-from gpu_worker.options import FORMATS
 
 HEADER = f"dicomstl {__version__} binary STL; units mm; patient LPS coordinates".encode()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import dataclass
 
 import numpy as np
 from redis.exceptions import RedisError
@@ -19,16 +20,13 @@ from rq import get_current_job
 from rq.timeouts import JobTimeoutException
 from sqlalchemy.exc import OperationalError
 
-from dicomstl import jobs, storage
+from dicomstl import callbacks, jobs, storage
 from dicomstl.errors import ConversionError, SeriesChoiceError
-from dicomstl.job_options import to_pipeline
-from dicomstl.settings import Settings, current_settings
-from gpu_worker import mesh as meshops
+from dicomstl.options import to_pipeline
+from dicomstl.settings import Settings
 from gpu_worker import metrics
-from gpu_worker.backend import resolve_backend
-from gpu_worker.marching import marching_cubes
+from gpu_worker.engines import Engine, resolve_backend
 from gpu_worker.pipeline import convert
-from gpu_worker.stl import binary_stl_bytes
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +56,39 @@ class _Heartbeat(threading.Thread):
                 log.warning("heartbeat for job %s failed; will try again", self.job_id[:8])
 
 
+@dataclass
+class _Worker:
+    """This worker process's settings and engine, given once by the launcher
+    (``use_settings``): RQ job functions take only ids (python-rq's advice), so this is how
+    they reach them."""
+
+    settings: Settings | None = None
+    engine: Engine | None = None
+
+
+_worker = _Worker()
+
+
+def use_settings(settings: Settings, engine: Engine | None = None) -> None:
+    """Give this worker process's job functions their settings and (warmed-up) engine; without
+    an engine each conversion resolves the settings' backend."""
+    _worker.settings, _worker.engine = settings, engine
+
+
+def _settings() -> Settings:
+    if _worker.settings is None:
+        raise RuntimeError("the worker's settings were not given (gpu_worker.tasks.use_settings)")
+    return _worker.settings
+
+
+def deliver_callback(job_id: str) -> int:
+    """The RQ job that POSTs an ended job to its callback URL (``dicomstl.callbacks``)."""
+    return callbacks.deliver(job_id, _settings())
+
+
 def run_conversion(job_id: str, run: int) -> str:
     """Convert job ``job_id`` for its run number ``run``; returns the state it ended in."""
-    settings = current_settings()
+    settings = _settings()
     job = jobs.start_run(settings, job_id, run)
     if job is None:
         return "stale"  # a newer run owns this job, or it was deleted
@@ -84,14 +112,14 @@ def _convert(settings: Settings, job, cancelled: threading.Event) -> tuple[str, 
     fmt = job.options.get("format", "stl")
     output = storage.result_path(settings, job_id, fmt)
     stage_now: list[str] = []
+    engine = _worker.engine or resolve_backend(settings.backend)
 
     def progress(stage: str, state: str) -> None:
         if state == "start" and cancelled.is_set():
             raise jobs.RunCancelled(job_id)
         jobs.record_progress(settings, job_id, run, stage, state)  # RunCancelled too
         stage_now[:] = [stage]
-        if metrics.current_backend == "gpu":
-            metrics.observe_gpu_memory()
+        metrics.observe_memory(engine.memory())
 
     def stopped() -> tuple[str, None]:
         """The job was deleted (or its run superseded) while it ran: nothing is kept."""
@@ -104,7 +132,8 @@ def _convert(settings: Settings, job, cancelled: threading.Event) -> tuple[str, 
         storage.make_result_dir(settings, job_id)
         result = convert([storage.upload_dir(settings, job_id)], output,
                          to_pipeline(job.options, settings.backend,
-                                     settings.gpu_memory_budget), progress=progress)
+                                     settings.gpu_memory_budget), progress=progress,
+                         engine=engine)
     except jobs.RunCancelled:
         return stopped()
     except Exception:
@@ -166,26 +195,11 @@ def _failed(settings: Settings, job, run: int) -> tuple[str, str | None]:
         return "failed", "internal"
 
 
-def warm_up(backend: str = "auto") -> dict:
-    """Compile and load everything a job needs once, before the first job; returns timings.
-
-    The Numba kernels (the CPU engine, and mesh checks for both) compile once (cached on
-    disk after the first time); with a GPU, the CUDA context and kernels load here too.
-    """
-    start = time.perf_counter()
-    backend = resolve_backend(backend)
-    gpu = {}
-    if backend == "gpu":
-        from gpu_worker import gpu_device
-
-        gpu = gpu_device.warm_up()
-    volume = np.zeros((6, 6, 6), np.int16)
-    volume[2:4, 2:4, 2:4] = 1000
-    index_mesh = marching_cubes(volume, 499.5)
-    mesh = meshops.Mesh(index_mesh.vertices.astype(np.float32), index_mesh.faces)
-    meshops.report(mesh)
-    binary_stl_bytes(mesh)
-    metrics.set_backend(backend)
-    if backend == "gpu":
-        metrics.observe_gpu_memory()
-    return {"backend": backend, **gpu, "seconds": round(time.perf_counter() - start, 3)}
+def warm_up(engine: Engine) -> dict:
+    """Compile and load everything a job needs once, before the first job, and say which
+    engine this worker runs (metrics); timings. The Numba kernels compile once (cached on disk
+    after the first time); with a GPU, the CUDA context and kernels load here too."""
+    info = engine.warm_up()
+    metrics.set_backend(engine.name)
+    metrics.observe_memory(engine.memory())
+    return {"backend": engine.name, **info}

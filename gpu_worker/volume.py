@@ -11,7 +11,7 @@ import numpy as np
 from scipy import ndimage
 
 from dicomstl.errors import ConversionError, EmptySurfaceError
-from gpu_worker.series import DecodedSeries
+from gpu_worker.decode import DecodedSeries
 
 #: 26-connectivity: voxels touching by a face, an edge or a corner belong to one part, so
 #: removing a part never changes a marching cube of a part that is kept.
@@ -34,24 +34,14 @@ class Volume:
     warnings: list[str] = field(default_factory=list)
 
 
-def array_module(array):
-    """numpy, or cupy for a CuPy array: the volume functions below run on either."""
-    if type(array).__module__.startswith("cupy"):
-        import cupy
-
-        return cupy
-    return np
-
-
-def to_volume(decoded: DecodedSeries) -> Volume:
+def to_volume(decoded: DecodedSeries, xp=np) -> Volume:
     """Apply each slice's RescaleSlope/Intercept for CT (HU); other modalities keep stored units.
 
     The result stays int16 when every slope and intercept is a whole number and the values fit,
-    which halves memory and lets thresholds on whole HU be exact. ``decoded.pixels`` may be a
-    CuPy array (the GPU engine): the same arithmetic then runs on the GPU.
+    which halves memory and lets thresholds on whole HU be exact. ``xp`` is the array module of
+    ``decoded.pixels``: numpy, or cupy on the GPU engine, where the same arithmetic runs.
     """
     pixels = decoded.pixels
-    xp = array_module(pixels)
     if decoded.modality == "CT":
         whole = (np.all(decoded.slopes == np.round(decoded.slopes))
                  and np.all(decoded.intercepts == np.round(decoded.intercepts)))
@@ -98,11 +88,12 @@ def parse_crop(text: str, shape: tuple[int, int, int]) -> tuple[slice, slice, sl
     return out[2], out[1], out[0]
 
 
-def crop(volume: Volume, box: tuple[slice, slice, slice]) -> Volume:
-    """The sub-volume ``data[box]`` (box in [k, j, i] order) with its geometry."""
+def crop(volume: Volume, box: tuple[slice, slice, slice], xp=np) -> Volume:
+    """The sub-volume ``data[box]`` (box in [k, j, i] order) with its geometry; ``xp``: the
+    data's array module."""
     ks, js, is_ = box
     geometry = volume.geometry.crop(ks.start, js.start, is_.start, ks.stop)
-    data = array_module(volume.data).ascontiguousarray(volume.data[box])
+    data = xp.ascontiguousarray(volume.data[box])
     return replace(volume, data=data, geometry=geometry)
 
 
@@ -192,7 +183,7 @@ def keep_parts(data: np.ndarray, level: float, keep: str, min_part_mm3: float,
     # scipy numbers parts in raster order of their first voxel.
     labels, n = ndimage.label(mask, structure=CONNECTIVITY)
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
-    border = border_labels(labels) if drop_in_plane_border else np.zeros(0, np.int64)
+    border = border_labels(labels, np) if drop_in_plane_border else np.zeros(0, np.int64)
     kept, report = choose_parts(sizes, border, keep, min_part_mm3, voxel_mm3)
     drop = mask & ~kept[labels]
     return drop_voxels(data, drop, level), report
@@ -206,9 +197,9 @@ def require_inside(mask, data, level: float) -> None:
             f"{float(data.min()):g} to {float(data.max()):g} - choose another level or preset")
 
 
-def border_labels(labels):
-    """Labels of the parts touching the first or last row or column of any slice."""
-    xp = array_module(labels)
+def border_labels(labels, xp=np):
+    """Labels of the parts touching the first or last row or column of any slice (``xp``:
+    the labels' array module)."""
     return xp.unique(xp.concatenate([labels[:, 0, :].ravel(), labels[:, -1, :].ravel(),
                                      labels[:, :, 0].ravel(), labels[:, :, -1].ravel()]))
 

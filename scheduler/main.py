@@ -17,10 +17,9 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from dicomstl import jobs
 from dicomstl.db import utcnow
 from dicomstl.settings import Settings
-from scheduler import metrics, retention
+from scheduler import metrics, recovery, retention
 from scheduler.lease import Lease
 
 log = logging.getLogger(__name__)
@@ -57,7 +56,7 @@ class Scheduler:
         if leading is None:
             log.warning("Redis is unreachable: sweeping without the lease")
         elif full:
-            recovered = jobs.recover(self.settings, now)
+            recovered = recovery.recover(self.settings, now)
             for action, n in recovered.items():
                 metrics.RECOVERED.labels(action).inc(n)
             counts.update(recovered)

@@ -16,8 +16,9 @@ from sqlalchemy import func, select
 from dicomstl import queue as q
 from dicomstl import storage
 from dicomstl.db import ENDED, STATES, Job, session_scope
+from dicomstl.retention_policy import ROW_RULES, RowRule
 from dicomstl.settings import Settings
-from scheduler.retention import ROW_RULES, RowRule, count_rows_before
+from scheduler.retention import count_rows_before
 
 #: An item is overdue when its deadline passed longer ago than this (seconds). The scheduler
 #: wakes for each deadline, so a healthy one deletes within about a second.

@@ -1,15 +1,6 @@
-"""The retention policy, and the sweep that enforces it.
-
-What is kept, and for how long (times from the injected clock, UTC):
-
-- a job's files: until the deadline in its row (``jobs.delete_after``): the upload's arrival
-  + 1 h while it waits, the longest the run may take while it runs, the conversion's end + 1 h
-  after (the raw upload itself goes when the conversion ends: the worker deletes it, and
-  ``scan_files`` deletes any it left);
-- a job's Redis entries: as long as its files;
-- upload parts of requests that never finished: 1 h after their last byte;
-- table rows: ``ROW_RULES`` (IP log 30 days; a deleted job's row, which only says that it was
-  deleted, 30 days).
+"""The sweep that enforces the retention policy (``dicomstl.retention_policy``: what is kept
+and for how long), at the time of the injected clock (UTC). The raw upload goes when the
+conversion ends (the worker deletes it, and ``scan_files`` deletes any it left).
 
 Every deletion is idempotent: a sweep that stops half-way (a killed scheduler, a lost
 database) is finished by the next one, and two schedulers running at once delete each item
@@ -22,18 +13,18 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import re
 import shutil
 from collections import Counter
-from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 from rq.registry import FailedJobRegistry, FinishedJobRegistry
-from sqlalchemy import column, delete, func, select, table
+from sqlalchemy import delete, func, select
 
 from dicomstl import jobs, storage
 from dicomstl import queue as q
-from dicomstl.db import ENDED, Job, UTCDateTime, session_scope
+from dicomstl import retention_policy as policy
+from dicomstl.db import ENDED, Job, session_scope
+from dicomstl.retention_policy import ROW_RULES, RowRule
 from dicomstl.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,38 +32,6 @@ log = logging.getLogger(__name__)
 #: A folder in ``jobs/`` without a job row is only an orphan when older than this (seconds):
 #: the web stores an upload a moment before it writes the job's row.
 ORPHAN_GRACE_S = 600
-#: An RQ entry or its results in Redis, named after a job: ``<job id>_r<run>`` or ``_cb``.
-_RQ_KEY = re.compile(r"^rq:(?:job|results):(?P<job>[A-Za-z0-9_-]{16,64})_(?:r\d+|cb)$")
-UNCONVERTED_MESSAGE = "the upload was deleted unconverted when its hour was up"
-OVERRUN_MESSAGE = ("the upload was deleted: its conversion ran past the longest a conversion "
-                   "may take")
-
-
-@dataclass(frozen=True)
-class RowRule:
-    """Rows of ``table`` are deleted once their ``column`` (a UTC time) is older than
-    ``window``; rows where it is NULL are kept."""
-
-    kind: str
-    table: str
-    column: str
-    window: dt.timedelta
-
-    def cutoff(self, now: dt.datetime) -> dt.datetime:
-        return now - self.window
-
-    def rows_before(self, cutoff: dt.datetime):
-        """The rule's table, and the condition selecting its rows older than ``cutoff``."""
-        rows = table(self.table, column(self.column, UTCDateTime()))
-        return rows, rows.c[self.column] < cutoff
-
-
-ROW_RULES: tuple[RowRule, ...] = (
-    RowRule("ip_log", "ip_log", "created_at", dt.timedelta(days=30)),
-    RowRule("job_record", "jobs", "deleted_at", dt.timedelta(days=30)),
-    # The contact form's inquiries, when their table lands, are one line:
-    # RowRule("inquiry", "inquiries", "created_at", dt.timedelta(days=365)),
-)
 
 
 def sweep(settings: Settings, now: dt.datetime, counts: Counter | None = None,
@@ -98,8 +57,8 @@ def sweep_jobs(settings: Settings, now: dt.datetime, counts: Counter) -> None:
             Job.delete_after <= now, Job.state != "deleted")))
     for job_id, state, runs in due:
         ended = state in ENDED
-        message = None if ended else OVERRUN_MESSAGE if state == "running" else (
-            UNCONVERTED_MESSAGE)
+        message = None if ended else policy.OVERRUN_MESSAGE if state == "running" else (
+            policy.unconverted_message(settings))
         if jobs.mark_deleted(settings, job_id, now, message):
             counts["result" if ended else "upload"] += 1
         # whoever marked it, the files and entries go (both idempotent)
@@ -168,9 +127,10 @@ def scan_redis(settings: Settings, counts: Counter) -> None:
                 registry(name, connection=connection).cleanup()
         keys: dict[str, list[str]] = {}
         for raw in connection.scan_iter(match="rq:*", count=1000):
-            match = _RQ_KEY.match(raw.decode(errors="replace"))
-            if match:
-                keys.setdefault(match["job"], []).append(match[0])
+            name = raw.decode(errors="replace")
+            job_id = q.job_of_key(name)
+            if job_id:
+                keys.setdefault(job_id, []).append(name)
         states = _job_states(settings, list(keys))
         for job_id, names in keys.items():
             if states.get(job_id, "deleted") != "deleted":

@@ -14,10 +14,12 @@ from flask import Blueprint, abort, current_app, g, request, url_for
 from dicomstl import apikeys, jobs
 from dicomstl.callback_url import CallbackURLError, check_callback_url
 from dicomstl.errors import ConversionError
-from dicomstl.job_options import parse_options
+from dicomstl.job_view import public_view
+from dicomstl.options import parse_options
+from web.ip_log import logged_as
 from web.metrics import count_upload
 from web.openapi import spec
-from web.pages import send_result
+from web.results import send_result
 from web.uploads import file_digests, take_files
 
 api = Blueprint("api", __name__)
@@ -42,7 +44,7 @@ def authenticate():
 
 
 def _view(job) -> dict:
-    view = jobs.public_view(job)
+    view = public_view(job)
     view["links"] = {"self": url_for("api.get_job", job_id=job.id)}
     if job.state == "done":
         view["links"]["result"] = url_for("api.result", job_id=job.id)
@@ -62,10 +64,11 @@ def _bad(message: str, code: int = 400):
 
 @api.get("/openapi.json")
 def openapi():
-    return spec()
+    return spec(current_app.config["SETTINGS"])
 
 
 @api.post("/jobs")
+@logged_as("api")
 def submit():
     settings = current_app.config["SETTINGS"]
     key = request.headers.get("Idempotency-Key") or None
@@ -100,6 +103,7 @@ def submit():
 
 
 @api.get("/jobs")
+@logged_as("api")
 def list_jobs():
     try:
         limit = int(request.args.get("limit", 50))
@@ -115,22 +119,26 @@ def list_jobs():
 
 
 @api.get("/jobs/<job_id>")
+@logged_as("api")
 def get_job(job_id: str):
     return _view(_job(job_id))
 
 
 @api.get("/jobs/<job_id>/result")
+@logged_as("api")
 def result(job_id: str):
     return send_result(current_app.config["SETTINGS"], _job(job_id))
 
 
 @api.delete("/jobs/<job_id>")
+@logged_as("api")
 def delete(job_id: str):
     _job(job_id)
     return _view(jobs.delete_job(current_app.config["SETTINGS"], job_id, g.owner))
 
 
 @api.post("/jobs/<job_id>/series")
+@logged_as("api")
 def choose(job_id: str):
     _job(job_id)
     body = request.get_json(silent=True)

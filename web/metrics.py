@@ -1,5 +1,4 @@
-"""The web app's metrics and IP log: request latency by route, responses by status class,
-upload bytes; one IP log row per upload and API call.
+"""The web app's metrics: request latency by route, responses by status class, upload bytes.
 
 Routes are Flask's URL rules (``/api/v1/jobs/<job_id>``), so no job id reaches a label.
 Under gunicorn the processes' metrics are added up (``dicomstl.metrics``).
@@ -7,16 +6,10 @@ Under gunicorn the processes' metrics are added up (``dicomstl.metrics``).
 
 from __future__ import annotations
 
-import logging
 import time
 
 from flask import Flask, g, request
 from prometheus_client import Counter, Histogram
-from sqlalchemy.exc import SQLAlchemyError
-
-from dicomstl import iplog
-
-log = logging.getLogger(__name__)
 
 REQUEST_SECONDS = Histogram(
     "dicomstl_http_request_duration_seconds", "Time to answer a request, by route",
@@ -40,15 +33,7 @@ def count_upload(source: str, n_bytes: int) -> None:
 
 
 def instrument(app: Flask) -> None:
-    """Time every request and log uploads and API calls by IP."""
-    from web.api import PUBLIC  # (web.api counts uploads here)
-
-    def ip_log_kind() -> str | None:
-        if request.endpoint == "pages.upload":
-            return "upload"
-        if request.blueprint == "api" and request.endpoint not in PUBLIC:
-            return "api"
-        return None
+    """Time every request and count its answer by route and status class."""
 
     @app.before_request
     def _start() -> None:
@@ -61,11 +46,4 @@ def instrument(app: Flask) -> None:
         if start is not None:
             REQUEST_SECONDS.labels(route, request.method).observe(time.perf_counter() - start)
         RESPONSES.labels(route, f"{response.status_code // 100}xx").inc()
-        kind = ip_log_kind()
-        if kind:
-            try:
-                iplog.record(app.config["SETTINGS"].database_url, request.remote_addr or "",
-                             kind, route)
-            except SQLAlchemyError:
-                log.warning("could not write the IP log row for %s", route)
         return response

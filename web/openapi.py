@@ -5,10 +5,10 @@ from __future__ import annotations
 from functools import cache
 
 from dicomstl import __version__
+from dicomstl import retention_policy as policy
 from dicomstl.db import STATES
-from dicomstl.job_options import OPTION_TYPES
-from gpu_worker.options import FORMATS, LIMITS, MAX_KEEP, STAGES
-from gpu_worker.presets import PRESETS
+from dicomstl.options import FORMATS, LIMITS, MAX_KEEP, OPTION_TYPES, PRESETS, STAGES
+from dicomstl.settings import Settings
 
 
 def _nullable(kind: str, **extra) -> dict:
@@ -30,7 +30,8 @@ JOB_ID = {"name": "job_id", "in": "path", "required": True,
 
 
 @cache
-def spec() -> dict:
+def spec(settings: Settings) -> dict:
+    """The document for one server's settings (its retention promise)."""
     options = {name: {"type": kind} for name, (kind, _types) in OPTION_TYPES.items()}
     for name, (low, high, unit) in LIMITS.items():
         if name in options:
@@ -77,9 +78,8 @@ def spec() -> dict:
         "openapi": "3.1.0",
         "info": {"title": "dicomstl API", "version": __version__,
                  "description": "Submit DICOM series, follow the conversion, download the "
-                                "model (millimetres, patient LPS coordinates). Uploads are "
-                                "deleted when the conversion ends; models at the time in their "
-                                "job's delete_after (one hour later by default)."},
+                                "model (millimetres, patient LPS coordinates). "
+                                + policy.summary(settings)},
         "servers": [{"url": "/api/v1"}],
         "components": {
             "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},

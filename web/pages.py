@@ -23,14 +23,16 @@ from flask import (
     url_for,
 )
 
-from dicomstl import jobs, storage
+from dicomstl import jobs
 from dicomstl.errors import ConversionError
-from dicomstl.job_options import form_options
+from dicomstl.job_view import public_view
+from dicomstl.options import FORMATS, LIMITS, PRESETS, STAGES, form_options
 from dicomstl.settings import Settings
-from gpu_worker.options import FORMATS, LIMITS, STAGES
-from gpu_worker.presets import PRESETS
+from web.errors import answer, wants_json
+from web.ip_log import logged_as
 from web.metrics import count_upload
 from web.openapi import spec
+from web.results import send_result
 from web.uploads import take_files
 
 pages = Blueprint("pages", __name__)
@@ -66,10 +68,6 @@ def _job(job_id: str):
         abort(404, "no such job (it may have been deleted)")
 
 
-def _wants_json() -> bool:
-    return request.accept_mimetypes.best == "application/json"
-
-
 @pages.get("/")
 def home():
     return render_template("home.html", presets=PRESETS.values(), formats=FORMATS,
@@ -79,7 +77,7 @@ def home():
 @pages.get("/api")
 def api_docs():
     """The bulk API for people: every operation of the OpenAPI document, with examples."""
-    return render_template("api.html", spec=spec())
+    return render_template("api.html", spec=spec(_settings()))
 
 
 @pages.get("/favicon.ico")
@@ -88,20 +86,19 @@ def favicon():
 
 
 @pages.post("/upload")
+@logged_as("upload")
 def upload():
     """The form's upload: files (a folder's or a zip) plus options; answers where to go next."""
     try:
         options = form_options(request.form)
         parts = take_files()
     except ConversionError as exc:
-        if _wants_json():
-            return jsonify(error=str(exc)), 400
-        return render_template("error.html", code=400, message=str(exc)), 400
+        return answer(400, str(exc))
     job, _created = jobs.create_job(_settings(), _owner(create=True), options, parts,
                                     "interactive")
     count_upload("form", job.upload_bytes)
     target = url_for("pages.job_page", job_id=job.id)
-    if _wants_json():
+    if wants_json():
         return jsonify(job=job.id, url=target), 201
     return redirect(target, 303)
 
@@ -109,13 +106,13 @@ def upload():
 @pages.get("/jobs/<job_id>")
 def job_page(job_id: str):
     job = _job(job_id)
-    return render_template("job.html", job=jobs.public_view(job), stages=STAGES,
+    return render_template("job.html", job=public_view(job), stages=STAGES,
                            preview=current_app.config["PREVIEW_AVAILABLE"])
 
 
 @pages.get("/jobs/<job_id>/status")
 def job_status(job_id: str):
-    return jsonify(jobs.public_view(_job(job_id)))
+    return jsonify(public_view(_job(job_id)))
 
 
 @pages.post("/jobs/<job_id>/series")
@@ -139,29 +136,3 @@ def delete(job_id: str):
     _job(job_id)
     jobs.delete_job(_settings(), job_id, _owner())
     return redirect(url_for("pages.job_page", job_id=job_id), 303)
-
-
-def duration_words(seconds: float) -> str:
-    """``3600`` -> "one hour", ``5400`` -> "90 minutes", ``172800`` -> "2 days"."""
-    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
-        if seconds >= size and seconds % size == 0:
-            n = int(seconds // size)
-            return f"one {unit}" if n == 1 else f"{n} {unit}s"
-    return f"{seconds:g} seconds"
-
-
-def send_result(settings: Settings, job, as_attachment: bool = True):
-    """The model file of a done job; 409 before it is done, 410 once it is deleted."""
-    if job.state == "deleted":
-        abort(410, "the model was deleted (results are kept for "
-                   f"{duration_words(settings.result_ttl_s)} after conversion)")
-    if job.state != "done":
-        abort(409, f"the job is {job.state}; the model is there once it is done")
-    fmt = job.options.get("format", "stl")
-    path = storage.result_path(settings, job.id, fmt)
-    if not path.is_file():
-        abort(410, "the model was deleted")
-    mimetype = "model/stl" if fmt.startswith("stl") else "model/3mf"
-    return send_file(path, mimetype=mimetype, as_attachment=as_attachment,
-                     download_name=path.name,
-                     max_age=0)

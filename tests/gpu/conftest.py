@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpu_worker.backend import gpu_status
+from gpu_worker.engines import gpu_status
 
 
 def pytest_collection_modifyitems(items):

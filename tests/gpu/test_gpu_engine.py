@@ -7,11 +7,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gpu_worker import gpu_device, gpu_volume
 from gpu_worker import volume as vol
 from gpu_worker.geometry import Geometry
-from gpu_worker.gpu_marching import marching_cubes_gpu
-from gpu_worker.gpu_stl import binary_stl_bytes_gpu
+from gpu_worker.gpu import device as gpu_device
+from gpu_worker.gpu import volume as gpu_volume
+from gpu_worker.gpu.engine import GpuEngine
+from gpu_worker.gpu.marching import marching_cubes_gpu
+from gpu_worker.gpu.stl import binary_stl_bytes_gpu
 from gpu_worker.marching import effective_level, marching_cubes
 from gpu_worker.mesh import Mesh
 from gpu_worker.pipeline import Options, convert
@@ -213,10 +215,10 @@ def test_meshes_from_the_gpu_are_closed(cupy, shared_dicom, tmp_path):
 
 
 def test_auto_picks_the_gpu_and_warm_up_reports_it(cupy):
-    from gpu_worker.backend import resolve_backend
+    from gpu_worker.engines import resolve_backend
 
-    assert resolve_backend("auto") == "gpu"
-    info = gpu_device.warm_up()  # what the RQ worker's warm_up() adds for a GPU
+    assert resolve_backend("auto").name == "gpu"
+    info = GpuEngine().warm_up()  # what the RQ worker's warm_up() adds for a GPU
     assert info["device"] and info["seconds"] < 60
     memory = gpu_device.memory_in_use()
     assert memory["device_total_bytes"] > memory["device_free_bytes"] > 0

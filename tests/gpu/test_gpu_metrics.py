@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY
 
+from gpu_worker.engines import resolve_backend
 from gpu_worker.tasks import warm_up
 
 
@@ -12,7 +13,7 @@ def _value(name: str, **labels) -> float | None:
 
 
 def test_warm_up_reports_the_gpu_backend_and_its_memory(cupy):
-    assert warm_up("auto")["backend"] == "gpu"
+    assert warm_up(resolve_backend("auto"))["backend"] == "gpu"
     assert _value("dicomstl_worker_backend_info", backend="gpu") == 1
     assert _value("dicomstl_worker_backend_info", backend="cpu") == 0
     total = cupy.cuda.Device().mem_info[1]

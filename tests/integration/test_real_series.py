@@ -5,6 +5,7 @@ import pytest
 import trimesh
 
 from dicomstl.errors import ArchiveError, NoImagesError, SeriesGeometryError
+from gpu_worker import dicom_headers
 from gpu_worker import series as ser
 from gpu_worker.marching import T_EPS
 from gpu_worker.pipeline import Options, convert
@@ -15,7 +16,7 @@ from tests.meshcheck import edge_check
 
 def volume_corners_lps(folder):
     """LPS mm of the 8 corner voxel centres of the series the converter picks."""
-    found = ser.scan(collect_sources([folder]))
+    found = dicom_headers.scan(collect_sources([folder]))
     stack = ser.choose_series(ser.find_series(found))
     frames = ser.slice_frames(stack)
     geometry, _ = ser.geometry_of(frames)
@@ -51,7 +52,7 @@ def test_bounding_box_equals_the_volumes_extent_in_lps(shared_dicom, tmp_path, n
     np.testing.assert_allclose(mesh.bounds[0], corners.min(axis=0), atol=tolerance)
     np.testing.assert_allclose(mesh.bounds[1], corners.max(axis=0), atol=tolerance)
     # evenly spaced stacks: the (sheared) box spans (n - 1 + 2 T_EPS) voxels on each axis
-    found = ser.scan(collect_sources([shared_dicom / name]))
+    found = dicom_headers.scan(collect_sources([shared_dicom / name]))
     stack = ser.choose_series(ser.find_series(found))
     edges = np.array([stack.cols, stack.rows, len(geometry.origins)]) - 1 + 2 * T_EPS
     assert mesh.is_watertight

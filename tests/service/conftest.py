@@ -16,7 +16,8 @@ import requests
 from dicomstl import apikeys
 from dicomstl.db import migrate
 from dicomstl.queue import start_embedded_redis
-from dicomstl.settings import Settings, configure, load_settings
+from dicomstl.settings import Settings, load_settings
+from gpu_worker.tasks import use_settings
 from tests.dicom_factory import lps_grid, sphere_hu, write_series
 from tests.service.helpers import free_port, spawn, stop
 
@@ -82,7 +83,7 @@ def service_env(tmp_path: Path, redis_url: str, database_url: str) -> dict[str, 
 def settings(service_env: dict[str, str]) -> Settings:
     s = load_settings(service_env)
     migrate(s.database_url)
-    configure(s)
+    use_settings(s)  # for RQ job functions run in this process (SimpleWorker in tests)
     return s
 
 

@@ -28,7 +28,7 @@ def free_port() -> int:
 def spawn(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     """A dicomstl process with this test's environment, its output in ``log``."""
     with log.open("ab") as fh:
-        return subprocess.Popen([sys.executable, "-m", "dicomstl", *args],
+        return subprocess.Popen([sys.executable, "-m", "dicomstl_cli", *args],
                                 env={**os.environ, **env}, stdout=fh, stderr=subprocess.STDOUT)
 
 

@@ -14,6 +14,7 @@ from dicomstl import apikeys, jobs
 from dicomstl.db import Job, session_scope
 from dicomstl.queue import connect
 from scheduler.main import run_pass
+from scheduler.recovery import recover
 from tests.service.helpers import api_submit as _submit
 from tests.service.helpers import auth
 from tests.service.helpers import file_parts as _files
@@ -205,7 +206,7 @@ def test_a_run_given_up_for_lost_cannot_overwrite_the_next(app, settings, api_ke
     job_id = _submit(app.test_client(), api_key, series).json["id"]
     assert jobs.start_run(settings, job_id, 1).state == "running"
     later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=settings.stall_after_s + 1)
-    assert jobs.recover(settings, later) == {"rerun": 1, "failed": 0, "requeued": 0}
+    assert recover(settings, later) == {"rerun": 1, "failed": 0, "requeued": 0}
     assert jobs.start_run(settings, job_id, 1) is None  # the old run may not restart
     stale = jobs.finish(settings, job_id, 1, message="late failure of the first run")
     assert stale.state == "queued" and stale.run == 2 and stale.message is None
@@ -223,15 +224,15 @@ def test_a_queued_job_whose_queue_entry_vanished_is_queued_again(app, settings, 
     job_id = _submit(app.test_client(), api_key, series).json["id"]
     connect(settings.redis_url).flushall()  # a Redis restart without persistence
     later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=settings.stall_after_s + 1)
-    assert jobs.recover(settings, later)["requeued"] == 1
+    assert recover(settings, later)["requeued"] == 1
     queued = Queue("bulk", connection=connect(settings.redis_url)).job_ids
     assert queued == [f"{job_id}_r1"]
     job = jobs.get_job(settings, job_id)
     assert (job.state, job.run, job.attempts) == ("queued", 1, 0)
-    assert jobs.recover(settings, later)["requeued"] == 0  # queued again: not twice
+    assert recover(settings, later)["requeued"] == 0  # queued again: not twice
     assert jobs.start_run(settings, job_id, 1).attempts == 1
     much_later = later + dt.timedelta(seconds=settings.stall_after_s + 1)
-    assert jobs.recover(settings, much_later) == {"rerun": 1, "failed": 0, "requeued": 0}
+    assert recover(settings, much_later) == {"rerun": 1, "failed": 0, "requeued": 0}
 
 
 def test_series_choice_page(app, settings, series):

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from dicomstl.cli import main as cli_main
-from gpu_worker.options import LIMITS
+from dicomstl.options import LIMITS
+from dicomstl_cli.main import main as cli_main
 from tests.service.helpers import api_submit, auth, file_parts
 
 

@@ -25,7 +25,7 @@ from dicomstl import apikeys, jobs
 from dicomstl.callback_url import MAX_ANSWER_BYTES, CallbackURLError, check_callback_url, post
 from dicomstl.callbacks import SIGNATURE_HEADER, CallbackFailed, deliver
 from dicomstl.db import Job, session_scope
-from dicomstl.settings import Settings, configure
+from dicomstl.settings import Settings
 
 NO_CONTENT = b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 PUBLIC = "93.184.215.14"
@@ -292,11 +292,11 @@ def _pending(settings: Settings, job_id: str) -> bool:
 def test_deliver_posts_the_signed_job_to_the_pinned_address(settings, api_key, callback_job,
                                                              receiver, monkeypatch):
     hook = receiver()
-    configure(replace(settings, callback_allow_http=True,
-                      callback_allowed_hosts="hooks.clinic.test"))
+    local = replace(settings, callback_allow_http=True,
+                    callback_allowed_hosts="hooks.clinic.test")
     monkeypatch.setattr("dicomstl.callback_url.resolve_host", _answers(["127.0.0.1"]))
     job_id = callback_job(f"http://hooks.clinic.test:{hook.port}/dicom")
-    assert deliver(job_id) == 204
+    assert deliver(job_id, local) == 204
     [request] = hook.requests
     assert request.headers["host"] == f"hooks.clinic.test:{hook.port}"
     assert apikeys.verify(api_key.webhook_secret, request.body,
@@ -307,11 +307,11 @@ def test_deliver_posts_the_signed_job_to_the_pinned_address(settings, api_key, c
 def test_deliver_drops_a_callback_whose_host_turned_internal(settings, callback_job, receiver,
                                                               monkeypatch, caplog):
     hook = receiver()
-    configure(replace(settings, callback_allow_http=True))
+    local = replace(settings, callback_allow_http=True)
     monkeypatch.setattr("dicomstl.callback_url.resolve_host", _answers(["127.0.0.1"]))
     job_id = callback_job(f"http://hooks.clinic.test:{hook.port}/secret-path?token=abc")
     with caplog.at_level(logging.WARNING, logger="dicomstl.callbacks"):
-        assert deliver(job_id) == 0  # no exception: RQ does not retry it
+        assert deliver(job_id, local) == 0  # no exception: RQ does not retry it
     [record] = [r for r in caplog.records if r.name == "dicomstl.callbacks"]
     message = record.getMessage()
     assert "hooks.clinic.test resolves to 127.0.0.1, which is a loopback address" in message
@@ -326,11 +326,11 @@ def test_deliver_raises_for_a_redirect_and_an_error_so_rq_retries(settings, call
                         f"http://127.0.0.1:{elsewhere.port}/\r\nContent-Length: 0\r\n\r\n"
                         .encode())
     broken = receiver(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\n\r\n")
-    configure(replace(settings, callback_allow_http=True, callback_allowed_hosts="127.0.0.1"))
+    local = replace(settings, callback_allow_http=True, callback_allowed_hosts="127.0.0.1")
     for hook, status in [(redirect, 307), (broken, 500)]:
         job_id = callback_job(f"http://127.0.0.1:{hook.port}/hook")
         with pytest.raises(CallbackFailed, match=f"answered HTTP {status}"):
-            deliver(job_id)
+            deliver(job_id, local)
         assert len(hook.requests) == 1 and _pending(settings, job_id)
     time.sleep(0.3)
     assert elsewhere.connections == 0

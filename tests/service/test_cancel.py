@@ -11,7 +11,7 @@ import time
 import pytest
 
 from dicomstl import jobs
-from dicomstl.client import Client
+from dicomstl_cli.client import Client
 from tests.service.helpers import api_submit, wait_for
 
 

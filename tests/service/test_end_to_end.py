@@ -16,8 +16,8 @@ import pytest
 import trimesh
 
 from dicomstl import apikeys, jobs
-from dicomstl.cli import main as cli_main
-from dicomstl.client import ApiError, Client
+from dicomstl_cli.client import ApiError, Client
+from dicomstl_cli.main import main as cli_main
 from tests.service.helpers import wait_for
 
 

@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from dicomstl import jobs
 from dicomstl.db import Job, session_scope
 from dicomstl.queue import connect
+from scheduler.recovery import recover
 from tests.service.helpers import api_submit, file_parts
 
 
@@ -77,11 +78,11 @@ def test_a_callback_of_a_job_ended_while_redis_was_down_is_queued_when_it_is_bac
     ended = jobs.finish(down, job_id, 1, message="no DICOM images")  # Redis gone meanwhile
     assert ended.state == "failed" and ended.callback_pending
     later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=settings.stall_after_s + 1)
-    assert jobs.recover(down, later)["requeued"] == 0  # still down: waits, no error
-    assert jobs.recover(settings, later)["requeued"] == 1
+    assert recover(down, later)["requeued"] == 0  # still down: waits, no error
+    assert recover(settings, later)["requeued"] == 1
     assert Queue("callbacks", connection=connect(settings.redis_url)).job_ids == [
         f"{job_id}_cb"]
-    assert jobs.recover(settings, later)["requeued"] == 0  # queued once
+    assert recover(settings, later)["requeued"] == 0  # queued once
     jobs.callback_settled(settings, job_id)
     assert not jobs.get_job(settings, job_id).callback_pending
 
@@ -97,7 +98,7 @@ def test_a_job_queued_while_redis_is_down_waits_for_the_scheduler(down, settings
     job = jobs.choose_series(down, job_id, f"key:{api_key.id}", "1.2.3")
     assert (job.state, job.run, job.attempts) == ("queued", 2, 1)
     later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=settings.stall_after_s + 1)
-    assert jobs.recover(settings, later)["requeued"] == 1
+    assert recover(settings, later)["requeued"] == 1
     # (run 1's entry was never taken: no worker here)
     assert f"{job_id}_r2" in Queue("bulk", connection=connect(settings.redis_url)).job_ids
     assert jobs.get_job(settings, job_id).attempts == 1

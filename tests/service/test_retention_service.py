@@ -22,8 +22,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from dicomstl import jobs
-from dicomstl.client import Client
 from dicomstl.queue import connect
+from dicomstl_cli.client import Client
 from scheduler.lease import LEASE_KEY
 from tests.conftest import require_tool
 from tests.service.helpers import free_port, stop, wait_for
@@ -82,7 +82,7 @@ def _scheduler_an_hour_ahead(env: dict[str, str], port: int, log: Path) -> subpr
     env = {**os.environ, **env, "DICOMSTL_SCHEDULER_METRICS_PORT": str(port),
            "LD_PRELOAD": library, "FAKETIME": "+61m", "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
     with log.open("ab") as fh:
-        return subprocess.Popen([sys.executable, "-m", "dicomstl", "scheduler"], env=env,
+        return subprocess.Popen([sys.executable, "-m", "dicomstl_cli", "scheduler"], env=env,
                                 stdout=fh, stderr=subprocess.STDOUT)
 
 

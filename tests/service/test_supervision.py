@@ -16,8 +16,8 @@ import pytest
 import requests
 
 from dicomstl import apikeys, jobs
-from dicomstl.client import Client
 from dicomstl.settings import load_settings
+from dicomstl_cli.client import Client
 from tests.service.helpers import command_line, descendants, wait_for
 
 pytestmark = pytest.mark.slow
@@ -32,7 +32,7 @@ def _start_up(tmp_path: Path, **extra: str) -> tuple[subprocess.Popen, Path, str
                DICOMSTL_WEB_WORKERS="1", **extra)
     log = tmp_path / "up.log"
     with log.open("wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "dicomstl", "up"], env=env, stdout=fh,
+        proc = subprocess.Popen([sys.executable, "-m", "dicomstl_cli", "up"], env=env, stdout=fh,
                                 stderr=subprocess.STDOUT)
     url = wait_for(lambda: re.search(r"running at (http://\S+)/", log.read_text()), 60,
                    "the URL").group(1)
@@ -66,7 +66,7 @@ def test_up_restarts_a_killed_worker_and_redis_and_every_job_ends_done(shared_di
         # 1. The worker dies mid-job: up starts a new one, the scheduler runs the job again.
         first = client.submit([head], slow)["id"]
         wait_for(lambda: client.job(first)["state"] == "running", 120, "running")
-        worker = _child(up, "dicomstl worker")
+        worker = _child(up, "dicomstl_cli worker")
         os.kill(worker, signal.SIGKILL)
         wait_for(lambda: "restarted the worker process" in log.read_text(), 30, "a restart")
         assert re.search(r"the worker process ended \(killed by SIGKILL\); restarting it in "
@@ -103,11 +103,11 @@ def test_up_restarts_a_killed_worker_and_redis_and_every_job_ends_done(shared_di
 def test_up_stops_when_a_process_keeps_dying(tmp_path):
     up, log, _url = _start_up(tmp_path, DICOMSTL_MAX_RESTARTS="1")
     try:
-        os.kill(_child(up, "dicomstl scheduler"), signal.SIGKILL)
+        os.kill(_child(up, "dicomstl_cli scheduler"), signal.SIGKILL)
         wait_for(lambda: "restarted the scheduler process" in log.read_text(), 30, "a restart")
-        wait_for(lambda: any("dicomstl scheduler" in command_line(p)
+        wait_for(lambda: any("dicomstl_cli scheduler" in command_line(p)
                              for p in descendants(up.pid)), 30, "the new scheduler")
-        os.kill(_child(up, "dicomstl scheduler"), signal.SIGKILL)
+        os.kill(_child(up, "dicomstl_cli scheduler"), signal.SIGKILL)
         assert up.wait(60) == 1
     finally:
         if up.poll() is None:

@@ -20,7 +20,7 @@ def test_up_runs_everything_and_ctrl_c_stops_it(tmp_path):
     env.update(DICOMSTL_DATA_DIR=str(tmp_path / "var"), DICOMSTL_PORT="0")
     log = tmp_path / "up.log"
     with log.open("wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "dicomstl", "up"], env=env, stdout=fh,
+        proc = subprocess.Popen([sys.executable, "-m", "dicomstl_cli", "up"], env=env, stdout=fh,
                                 stderr=subprocess.STDOUT)
     try:
         line = wait_for(lambda: re.search(r"running at (http://\S+)/", log.read_text()), 60,

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from dicomstl.cli import main
+from dicomstl_cli.main import main
 from tests.dicom_factory import (
     PATIENT_ID,
     PATIENT_NAME,
@@ -94,7 +94,7 @@ def test_missing_output_folder_is_a_user_error(series, tmp_path, capsys):
 
 def test_console_script_runs_in_a_fresh_process(series, tmp_path):
     out = tmp_path / "m.3mf"
-    run = subprocess.run([sys.executable, "-m", "dicomstl.cli", "convert", str(series), "-o",
+    run = subprocess.run([sys.executable, "-m", "dicomstl_cli.main", "convert", str(series), "-o",
                           str(out), "--level", "0", "--keep", "largest", "--mesh-smooth", "5"],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr

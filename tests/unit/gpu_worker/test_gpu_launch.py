@@ -9,10 +9,10 @@ import pytest
 from scipy import ndimage
 
 from gpu_worker import volume as vol
-from gpu_worker.backend import resolve_backend
+from gpu_worker.engines import resolve_backend
 from gpu_worker.geometry import Geometry
-from gpu_worker.gpu_marching import plan_slabs, slab_slices_for, transform_arrays
-from gpu_worker.kernels import tables
+from gpu_worker.gpu.kernels import tables
+from gpu_worker.gpu.marching import plan_slabs, slab_slices_for, transform_arrays
 from gpu_worker.marching import TABLES
 
 
@@ -81,18 +81,17 @@ def test_equal_sized_parts_are_kept_in_raster_order():
 
 
 def test_auto_falls_back_to_the_cpu_and_gpu_says_why(monkeypatch, caplog):
-    monkeypatch.setattr("gpu_worker.gpu_device.status", lambda: (False, "no device here"))
+    monkeypatch.setattr("gpu_worker.gpu.device.status", lambda: (False, "no device here"))
     with caplog.at_level("INFO"):
-        assert resolve_backend("auto") == "cpu"
+        assert resolve_backend("auto").name == "cpu"
     assert "using the CPU backend: no device here" in caplog.text
     with pytest.raises(Exception, match="--backend gpu is not available: no device here"):
         resolve_backend("gpu")
 
 
 def test_the_gpu_memory_budget_goes_from_the_settings_to_the_pipeline(tmp_path):
-    from dicomstl.job_options import to_pipeline
+    from dicomstl.options import Options, to_pipeline
     from dicomstl.settings import load_settings
-    from gpu_worker.options import Options
 
     settings = load_settings({"DICOMSTL_DATA_DIR": str(tmp_path),
                               "DICOMSTL_GPU_MEMORY_BUDGET": str(6 * 2**30)})
@@ -111,8 +110,21 @@ def _small_series(folder):
     return folder
 
 
+def _no_device_gpu_engine(monkeypatch):
+    """The GPU engine on this machine without CuPy: its device calls answer as a GPU would
+    (``is_out_of_memory`` recognises CuPy's error by its class name)."""
+    from gpu_worker.gpu import device
+    from gpu_worker.gpu.engine import GpuEngine
+
+    monkeypatch.setattr(device, "memory_budget", lambda requested=0: 2**30)
+    monkeypatch.setattr(device, "is_out_of_memory",
+                        lambda exc: type(exc).__name__ == "OutOfMemoryError")
+    return GpuEngine()
+
+
 def test_a_gpu_out_of_memory_error_converts_on_the_cpu(monkeypatch, tmp_path, caplog):
-    from gpu_worker import gpu_device, pipeline
+    from gpu_worker import pipeline
+    from gpu_worker.gpu import device
 
     class OutOfMemoryError(MemoryError):  # cupy.cuda.memory.OutOfMemoryError's name
         pass
@@ -120,18 +132,18 @@ def test_a_gpu_out_of_memory_error_converts_on_the_cpu(monkeypatch, tmp_path, ca
     calls = []
     real_finish = pipeline._finish
 
-    def finish(decoded, stack, options, out, timer, backend):
-        calls.append(backend)
-        if backend == "gpu":
+    def finish(decoded, stack, options, out, timer, engine):
+        calls.append(engine.name)
+        if engine.name == "gpu":
             raise OutOfMemoryError("Out of memory allocating 4,294,967,296 bytes")
-        return real_finish(decoded, stack, options, out, timer, backend)
+        return real_finish(decoded, stack, options, out, timer, engine)
 
     monkeypatch.setattr(pipeline, "_finish", finish)
-    monkeypatch.setattr(pipeline, "resolve_backend", lambda name: "gpu")
-    monkeypatch.setattr(gpu_device, "release_memory", lambda: calls.append("released"))
+    gpu = _no_device_gpu_engine(monkeypatch)
+    monkeypatch.setattr(device, "release_memory", lambda: calls.append("released"))
     with caplog.at_level("WARNING"):
         result = pipeline.convert([_small_series(tmp_path / "s")], tmp_path / "m.stl",
-                                  pipeline.Options(level=300.0))
+                                  pipeline.Options(level=300.0), engine=gpu)
     assert calls == ["gpu", "released", "cpu"]
     assert result.backend == "cpu" and result.report.watertight
     assert (tmp_path / "m.stl").stat().st_size == 84 + 50 * result.report.triangles
@@ -141,11 +153,10 @@ def test_a_gpu_out_of_memory_error_converts_on_the_cpu(monkeypatch, tmp_path, ca
 def test_other_gpu_errors_are_not_hidden_by_the_fallback(monkeypatch, tmp_path):
     from gpu_worker import pipeline
 
-    def finish(decoded, stack, options, out, timer, backend):
+    def finish(decoded, stack, options, out, timer, engine):
         raise ValueError("a bug")
 
     monkeypatch.setattr(pipeline, "_finish", finish)
-    monkeypatch.setattr(pipeline, "resolve_backend", lambda name: "gpu")
     with pytest.raises(ValueError, match="a bug"):
         pipeline.convert([_small_series(tmp_path / "s")], tmp_path / "m.stl",
-                         pipeline.Options(level=300.0))
+                         pipeline.Options(level=300.0), engine=_no_device_gpu_engine(monkeypatch))

@@ -8,17 +8,18 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from dicomstl.errors import DecodeError, NoImagesError, SeriesChoiceError, SeriesGeometryError
+from gpu_worker import decode, dicom_headers
 from gpu_worker import series as ser
 from gpu_worker.sources import collect_sources
 from tests.dicom_factory import write_series
 
 
 def load(*inputs, series=None, time_point=0):
-    found = ser.scan(collect_sources(inputs))
-    ser.require_images(found)
+    found = dicom_headers.scan(collect_sources(inputs))
+    dicom_headers.require_images(found)
     stacks = ser.find_series(found)
     stack = ser.choose_series(stacks, series)
-    return ser.decode_series(found, stack, time_point), stacks, found
+    return decode.decode_series(found, stack, time_point), stacks, found
 
 
 def ramp(k=6, j=5, i=4):

@@ -5,8 +5,8 @@ import pytest
 
 from dicomstl.errors import ConversionError, EmptySurfaceError
 from gpu_worker import volume as vol
+from gpu_worker.decode import DecodedSeries
 from gpu_worker.geometry import Geometry
-from gpu_worker.series import DecodedSeries
 
 
 def geometry(k=4):

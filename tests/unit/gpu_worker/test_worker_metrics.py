@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import REGISTRY
 
 from gpu_worker import metrics
+from gpu_worker.engines import CpuEngine
 from gpu_worker.tasks import warm_up
 
 
@@ -13,7 +14,7 @@ def _value(name: str, **labels) -> float:
 
 
 def test_cpu_worker_reports_its_backend_and_no_gpu_memory():
-    assert warm_up("cpu")["backend"] == "cpu"
+    assert warm_up(CpuEngine())["backend"] == "cpu"
     assert _value("dicomstl_worker_backend_info", backend="cpu") == 1
     assert _value("dicomstl_worker_backend_info", backend="gpu") == 0
     assert _value("dicomstl_worker_gpu_memory_used_bytes") == 0

@@ -9,7 +9,7 @@ from alembic.migration import MigrationContext
 from dicomstl import apikeys, storage
 from dicomstl.db import Base, engine_for, migrate
 from dicomstl.errors import ConfigError
-from dicomstl.job_options import OptionsError, form_options, parse_options
+from dicomstl.options import OptionsError, form_options, parse_options
 from dicomstl.settings import load_settings
 
 

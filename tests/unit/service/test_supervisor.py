@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from dicomstl.supervisor import MAX_BACKOFF_S, Supervisor
+from dicomstl_cli.supervisor import MAX_BACKOFF_S, Supervisor
 
 
 class Clock:

@@ -1,4 +1,13 @@
-"""What a user can choose for a conversion, and the stages it goes through.
+"""The conversion options contract: what a user can choose, in what range, and the stages a
+conversion goes through; shared by the command line, the form, the API and the engine.
+
+Presets are CT thresholds in Hounsfield units. Values follow common practice in medical 3D
+printing and the tissue ranges of the Hounsfield scale (air -1000, fat about -100, water 0,
+soft tissue +20 to +80, cancellous bone from about +300, cortical bone +1000 and more, tooth
+enamel above +2000): Mimics' "Bone (CT)" preset starts at 226 HU and most printing guides use
+200-400 HU for bone; skin is the air/tissue boundary, taken half-way between fat and air;
+"teeth" sits above bone marrow and most cortex; lung and airway keep the air below -400 HU
+that lies inside the body (see ``Preset.invert``).
 
 Kept free of the engine's heavy imports (Numba, SciPy, MeshLab), so the web front end can
 check options without loading them.
@@ -8,11 +17,32 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from dicomstl.errors import ConversionError
-from gpu_worker.presets import PRESETS
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A threshold: voxels with HU >= level are inside (or HU < level when ``invert``)."""
+
+    name: str
+    level: float
+    description: str
+    invert: bool = False
+
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (
+    Preset("bone", 300.0, "bone (cancellous and cortical), HU >= 300"),
+    Preset("skin", -300.0, "skin surface, the air/tissue boundary, HU >= -300"),
+    Preset("soft-tissue", 20.0, "muscle and organs without fat, HU >= 20"),
+    Preset("teeth", 1200.0, "teeth (enamel and dentine) and dense cortical bone, HU >= 1200"),
+    Preset("lung", -400.0, "lung and airway: air inside the body, HU < -400", invert=True),
+)}
 
 FORMATS = ("stl", "stl-ascii", "3mf")
+#: The engines: ``auto`` is the GPU when one can be used, else the CPU.
+BACKENDS = ("auto", "cpu", "gpu")
 
 STAGES = ("read", "decode", "volume", "smooth", "islands", "surface", "decimate",
           "mesh-smooth", "check", "write")
@@ -101,3 +131,80 @@ def _out_of_range(name: str, value: float, low: float, high: float, unit: str) -
     shown = f"{value:,.12g}" if abs(value) < 1e300 else "a number that large"
     return (f"{_named(name)} must be from {low:,.12g} to {high:,.12g}"
             f"{f' ({unit})' if unit else ''}, not {shown}")
+
+
+# Options as a job carries them (JSON), checked before a job is made ----------------------
+
+#: option -> (JSON type name, Python types accepted)
+OPTION_TYPES: dict[str, tuple[str, tuple[type, ...]]] = {
+    "preset": ("string", (str,)),
+    "level": ("number", (int, float)),
+    "series": ("string", (str,)),
+    "time_point": ("integer", (int,)),
+    "crop": ("string", (str,)),
+    "downsample": ("integer", (int,)),
+    "smooth_mm": ("number", (int, float)),
+    "keep": ("string", (str,)),
+    "min_part_mm3": ("number", (int, float)),
+    "decimate": ("number", (int, float)),
+    "max_triangles": ("integer", (int,)),
+    "mesh_smooth": ("integer", (int,)),
+    "format": ("string", (str,)),
+}
+
+
+_WORDS = {"string": "text", "number": "a number", "integer": "a whole number"}
+
+
+class OptionsError(ConversionError):
+    """An option is unknown, of the wrong type or out of range."""
+
+
+def parse_options(raw: Any) -> dict:
+    """Checked options (JSON-like values) with defaults left out; raises OptionsError."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise OptionsError("options must be a JSON object")
+    unknown = sorted(set(raw) - set(OPTION_TYPES))
+    if unknown:
+        raise OptionsError(f"unknown option {unknown[0]!r}; known: {', '.join(OPTION_TYPES)}")
+    options = {}
+    for name, value in raw.items():
+        if value is None or value == "":
+            continue
+        kind, types = OPTION_TYPES[name]
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise OptionsError(f"option {name!r} must be {_WORDS[kind]}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise OptionsError(f"option {name!r} must be a finite number")
+        if isinstance(value, str) and len(value) > 200:
+            raise OptionsError(f"option {name!r} is too long")
+        if kind == "integer" and abs(value) > 2**31:
+            raise OptionsError(f"option {name!r} is out of range")
+        options[name] = value
+    try:
+        to_pipeline(options).validate()
+    except ConversionError as exc:
+        raise OptionsError(str(exc)) from None
+    return options
+
+
+def to_pipeline(options: dict, backend: str = "auto", gpu_memory_budget: int = 0) -> Options:
+    """The engine's Options for checked job options, with the server's engine settings."""
+    return Options(backend=backend, gpu_memory_budget=gpu_memory_budget, **options)
+
+
+def form_options(form: dict[str, str]) -> dict:
+    """Options from an HTML form's text fields (empty fields mean the default)."""
+    raw: dict[str, Any] = {}
+    for name, (kind, _types) in OPTION_TYPES.items():
+        text = (form.get(name) or "").strip()
+        if not text:
+            continue
+        try:
+            raw[name] = int(text) if kind == "integer" else float(text) if kind == "number" \
+                else text
+        except ValueError:
+            raise OptionsError(f"{name.replace('_', ' ')} must be {_WORDS[kind]}") from None
+    return parse_options(raw)

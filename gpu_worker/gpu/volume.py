@@ -1,10 +1,11 @@
 """Volume stages on the GPU: smoothing and island removal, equal to :mod:`gpu_worker.volume`.
 
 The HU rescale and crop run on the GPU through :mod:`gpu_worker.volume` itself (its functions
-take CuPy arrays). Smoothing uses ``gauss_axis`` from ``kernels/mc.cu``, which repeats scipy's
-float64 accumulation order, so smoothed values equal the CPU's bit for bit. Islands are
-labelled with ``cupyx.scipy.ndimage.label``; its label numbers are not scipy's, so parts are
-renumbered in raster order of their first voxel before the CPU's choice rule is applied.
+take the array module, ``cupy``). Smoothing uses ``gauss_axis`` from ``kernels/gauss.cu``,
+which repeats scipy's float64 accumulation order, so smoothed values equal the CPU's bit for
+bit. Islands are labelled with ``cupyx.scipy.ndimage.label``; its label numbers are not
+scipy's, so parts are renumbered in raster order of their first voxel before the CPU's choice
+rule is applied.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from gpu_worker import kernels
 from gpu_worker import volume as vol
+from gpu_worker.gpu import kernels
 
 
 def smooth(volume: vol.Volume, sigma_mm: float) -> vol.Volume:
@@ -58,7 +59,7 @@ def keep_parts(data, level: float, keep: str, min_part_mm3: float, voxel_mm3: fl
     sizes_h = sizes.get()
     canonical_sizes = np.zeros(n + 1, dtype=np.int64)
     canonical_sizes[canonical[1:]] = sizes_h[1:]
-    border = (canonical[vol.border_labels(labels).get()] if drop_in_plane_border
+    border = (canonical[vol.border_labels(labels, cupy).get()] if drop_in_plane_border
               else np.zeros(0, np.int64))
     kept, report = vol.choose_parts(canonical_sizes, border, keep, min_part_mm3, voxel_mm3)
     kept_gpu = cupy.asarray(kept[canonical])  # indexed by the GPU's labels

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gpu_worker import kernels
+from gpu_worker.gpu import kernels
 from gpu_worker.stl import stl_header
 
 

@@ -1,16 +1,15 @@
-"""The GPU as the engine sees it: is one usable, how much memory a job may use, warm-up.
+"""The GPU as the engine sees it: is one usable, how much memory a job may use and uses,
+moving arrays to and from it.
 
 A worker process keeps one CUDA context, CuPy's memory pool and the compiled kernels for its
-whole life; :func:`warm_up` loads them before the first job.
+whole life; ``GpuEngine.warm_up`` loads them before the first job.
 """
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
-from gpu_worker import kernels
+from gpu_worker.gpu import kernels
 
 #: Bytes per voxel the GPU stages hold at their peak: the stored volume (up to 4 B), the two
 #: float32 smoothing buffers, the mask (1 B), int32 labels and CuPy temporaries.
@@ -96,29 +95,8 @@ def to_host(array) -> np.ndarray:
     return array.get() if hasattr(array, "get") else np.asarray(array)
 
 
-def warm_up() -> dict:
-    """Create the CUDA context, compile or load the kernels (ours and the CuPy ones the stages
-    use: rescale, labels, bincount) and run each once; returns timings and the device's name.
-    Without it the first job pays about a second of compilation."""
-    from gpu_worker import gpu_volume
-    from gpu_worker import volume as vol
-    from gpu_worker.geometry import Geometry
-    from gpu_worker.gpu_marching import marching_cubes_gpu
-    from gpu_worker.gpu_stl import binary_stl_bytes_gpu
-    from gpu_worker.series import DecodedSeries
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is CuPy's out-of-memory error (the device or its pool ran out)."""
+    import cupy
 
-    start = time.perf_counter()
-    kernels.module()
-    data = np.full((8, 8, 8), -1000, np.int16)
-    data[2:5, 2:5, 2:5] = 1000
-    data[6, 6, 6] = 1000
-    geometry = Geometry(np.array([1.0, 0, 0]), np.array([0, 1.0, 0]), (1.0, 1.0),
-                        np.array([[0.0, 0.0, float(k)] for k in range(8)]))
-    decoded = DecodedSeries(upload(data), np.ones(8), np.zeros(8), geometry, "CT", "", [])
-    volume = vol.to_volume(decoded)
-    smoothed = gpu_volume.smooth(volume, 0.5).data
-    for field in (volume.data, smoothed):  # int16 and float32 kernels
-        kept, _ = gpu_volume.keep_parts(field, 299.5, "largest", 0.0, 1.0, True)
-        verts, faces = marching_cubes_gpu(kept, 299.5, geometry)
-        binary_stl_bytes_gpu(verts, faces)
-    return {"device": device_name(), "seconds": round(time.perf_counter() - start, 3)}
+    return isinstance(exc, cupy.cuda.memory.OutOfMemoryError)

@@ -16,11 +16,9 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from dicomstl import __version__
-from dicomstl.cli_service import SERVICE_COMMANDS, add_commands, run
 from dicomstl.errors import ConfigError, ConversionError
-from gpu_worker.backend import BACKENDS
-from gpu_worker.options import FORMATS, LIMITS, MAX_KEEP, STAGES, Options
-from gpu_worker.presets import PRESETS
+from dicomstl.options import BACKENDS, FORMATS, LIMITS, MAX_KEEP, PRESETS, STAGES, Options
+from dicomstl_cli.service_commands import SERVICE_COMMANDS, add_commands, run
 
 err = Console(stderr=True)
 out = Console()

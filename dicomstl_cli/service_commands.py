@@ -63,19 +63,20 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"REDIS_URL is not set: `dicomstl up` starts a Redis itself, but "
                           f"`dicomstl {args.command}` on its own needs one, e.g. "
                           "REDIS_URL=redis://127.0.0.1:6379/0")
+    from dicomstl.db import migrate
+
+    migrate(settings.database_url)  # the one place a process brings the schema up to date
     if args.command == "up":
-        from dicomstl.service import up
+        from dicomstl_cli.launcher import up
         return up(settings)
     if args.command == "serve":
-        from dicomstl.service import serve
+        from dicomstl_cli.launcher import serve
         serve(settings)
         return 0
     if args.command == "worker":
-        from dicomstl.service import run_worker
+        from dicomstl_cli.launcher import run_worker
         run_worker(settings, burst=args.burst)
         return 0
-    from dicomstl.db import migrate
-    migrate(settings.database_url)
     if args.command == "scheduler":
         from scheduler.main import run_scheduler
         run_scheduler(settings, once=args.once)
@@ -112,7 +113,7 @@ def _apikey(args: argparse.Namespace, url: str) -> int:
 def _submit(args: argparse.Namespace) -> int:
     import json
 
-    from dicomstl.client import ApiError, Client
+    from dicomstl_cli.client import ApiError, Client
 
     if not args.key:
         err.print("[bold red]error:[/] give --key or set DICOMSTL_API_KEY")

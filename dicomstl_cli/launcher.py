@@ -16,8 +16,8 @@ import time
 
 from redis.exceptions import RedisError
 
-from dicomstl.db import engine_for, migrate
-from dicomstl.settings import Settings, configure
+from dicomstl.db import engine_for
+from dicomstl.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +58,10 @@ def serve(settings: Settings) -> None:
                 self.cfg.set(key, value)
 
         def load(self):
-            return create_app(settings, run_migrations=False)  # the master migrated
+            return create_app(settings)
 
-    migrate(settings.database_url)
-    # gunicorn forks its workers from this process: none may inherit its pooled connections
+    # The command migrated: gunicorn forks its workers from this process, and none may
+    # inherit the pooled connection that used.
     engine_for(settings.database_url).dispose()
     serve_metrics(settings.metrics_host, settings.web_metrics_port, "DICOMSTL_WEB_METRICS_PORT",
                   multiprocess_registry())
@@ -80,7 +80,8 @@ def run_worker(settings: Settings, burst: bool = False) -> None:
 
     from dicomstl import queue as q
     from dicomstl.metrics import serve_metrics
-    from gpu_worker.tasks import warm_up
+    from gpu_worker.engines import resolve_backend
+    from gpu_worker.tasks import use_settings, warm_up
 
     class Worker(SimpleWorker):
         """RQ's worker, remembering whether it was asked to stop (SIGTERM or SIGINT)."""
@@ -91,11 +92,11 @@ def run_worker(settings: Settings, burst: bool = False) -> None:
             self.stop_requested = True
             super().request_stop(signum, frame)
 
-    configure(settings)
-    migrate(settings.database_url)
     serve_metrics(settings.metrics_host, settings.worker_metrics_port,
                   "DICOMSTL_WORKER_METRICS_PORT")
-    warm = warm_up(settings.backend)
+    engine = resolve_backend(settings.backend)  # once: the engine stays warm for every job
+    warm = warm_up(engine)
+    use_settings(settings, engine)
     log.info("worker ready: %s engine, warmed up in %.2f s", warm["backend"], warm["seconds"])
     connection = q.connect(settings.redis_url)
     queues = [q.queue(settings.redis_url, name) for name in q.QUEUES]
@@ -148,7 +149,7 @@ def up(settings: Settings) -> int:
     """Everything on one machine until Ctrl-C or SIGTERM, each process restarted when it
     dies (``supervisor``); returns the exit status."""
     from dicomstl.queue import embedded_redis_socket, start_embedded_redis
-    from dicomstl.supervisor import Supervisor
+    from dicomstl_cli.supervisor import Supervisor
 
     env = dict(os.environ, DICOMSTL_DATA_DIR=str(settings.data_dir))
     env.setdefault("DATABASE_URL", settings.database_url)
@@ -166,11 +167,10 @@ def up(settings: Settings) -> int:
         metrics[name] = _port_or_free(settings.metrics_host, wanted, f"{name} metrics") \
             if wanted else 0
         env[f"DICOMSTL_{name.upper()}_METRICS_PORT"] = str(metrics[name])
-    migrate(settings.database_url)
     for name, command in (("web", "serve"), ("worker", "worker"), ("scheduler", "scheduler")):
         # Own sessions: Ctrl-C reaches only this process, which stops them in order (Redis last).
         supervisor.add(name, lambda command=command: subprocess.Popen(
-            [sys.executable, "-m", "dicomstl", command], env=env, start_new_session=True))
+            [sys.executable, "-m", "dicomstl_cli", command], env=env, start_new_session=True))
     stopping = False
 
     def stop(*_args) -> None:

@@ -11,7 +11,7 @@
 // Passes: mc_count (per row: owned cut edges, triangles) -> prefix sums (CuPy) -> mc_emit
 // (per row: vertices, optionally mapped to LPS mm, and triangles). One thread block per row;
 // blocks read the 2-3 slices they need, so a slab of slices can run alone (see
-// gpu_worker/gpu_surface.py for the seam). Compile with --fmad=false: vertex arithmetic must
+// gpu_worker/gpu/marching.py for the seam). Compile with --fmad=false: vertex arithmetic must
 // round like the CPU's (IEEE double, then float32).
 
 #include "mc_tables.cuh"
@@ -282,65 +282,6 @@ mc_emit(const T* __restrict__ vol, int nk, int nj, int ni, int kbase, double lev
         tout += field(total, 4);
         __syncthreads();
     }
-}
-
-// Binary STL records (50 bytes: normal, three vertices, a zero attribute) for every triangle,
-// the normal computed in float32 exactly as gpu_worker/stl.py does. out: the bytes after the
-// 84-byte header, which is 2-byte aligned per record, so records are written as 16-bit words.
-extern "C" __global__ void stl_pack(const float* __restrict__ verts,
-                                    const int* __restrict__ faces, long long n_faces, unsigned short* __restrict__ out) {
-    const long long t = blockIdx.x * (long long)blockDim.x + threadIdx.x;
-    if (t >= n_faces) return;
-    const float* p0 = verts + 3LL * faces[3 * t];
-    const float* p1 = verts + 3LL * faces[3 * t + 1];
-    const float* p2 = verts + 3LL * faces[3 * t + 2];
-    const float ux = p1[0] - p0[0], uy = p1[1] - p0[1], uz = p1[2] - p0[2];
-    const float vx = p2[0] - p0[0], vy = p2[1] - p0[1], vz = p2[2] - p0[2];
-    float nx = uy * vz - uz * vy, ny = uz * vx - ux * vz, nz = ux * vy - uy * vx;
-    const float norm = sqrtf(nx * nx + ny * ny + nz * nz);
-    if (norm > 0.0f) { nx /= norm; ny /= norm; nz /= norm; }
-    const float rec[12] = {nx, ny, nz, p0[0], p0[1], p0[2], p1[0], p1[1], p1[2],
-                           p2[0], p2[1], p2[2]};
-    unsigned short* o = out + 25 * t;
-    for (int n = 0; n < 12; ++n) {
-        const unsigned int bits = __float_as_uint(rec[n]);
-        o[2 * n] = (unsigned short)(bits & 0xffffu);
-        o[2 * n + 1] = (unsigned short)(bits >> 16);
-    }
-    o[24] = 0;
-}
-
-// First (raster-order) voxel of each label: first[label] = min linear index. first starts at
-// a value larger than any index; label 0 (background) is skipped.
-extern "C" __global__ void label_first(const int* __restrict__ labels, long long n,
-                            unsigned long long* __restrict__ first) {
-    const long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x;
-    if (idx >= n) return;
-    const int label = labels[idx];
-    if (label > 0) atomicMin(first + label, (unsigned long long)idx);
-}
-
-// One pass of scipy.ndimage.correlate1d with a symmetric odd filter (2*half+1 taps),
-// mode="nearest", float32 in and out, accumulated in float64 in scipy's order:
-// out = in[p] * w[half] + sum over d = half..1 of (in[p-d] + in[p+d]) * w[half-d].
-// The array is (n0, n1, n2), C order; axis is 0, 1 or 2.
-extern "C" __global__ void gauss_axis(const float* __restrict__ in, float* __restrict__ out,
-                           int n0, int n1, int n2, int axis, const double* __restrict__ w,
-                           int half) {
-    const long long total = (long long)n0 * n1 * n2;
-    const long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x;
-    if (idx >= total) return;
-    const long long stride = axis == 0 ? (long long)n1 * n2 : (axis == 1 ? n2 : 1);
-    const int len = axis == 0 ? n0 : (axis == 1 ? n1 : n2);
-    const int p = (int)((idx / stride) % len);
-    const float* line = in + (idx - (long long)p * stride);
-    double acc = (double)line[(long long)p * stride] * w[half];
-    for (int jj = -half; jj < 0; ++jj) {
-        const int lo = max(p + jj, 0), hi = min(p - jj, len - 1);
-        acc += ((double)line[(long long)lo * stride] + (double)line[(long long)hi * stride])
-               * w[half + jj];
-    }
-    out[idx] = (float)acc;
 }
 
 #ifndef __CUDACC_RTC__

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
 
-#: The exit status of a user's error (``dicomstl.cli``): restarting cannot help.
+#: The exit status of a user's error (``dicomstl_cli.main``): restarting cannot help.
 USER_ERROR = 2
 #: The longest pause before a restart (seconds); the pauses double from one second.
 MAX_BACKOFF_S = 30.0

@@ -1,4 +1,5 @@
-"""Marching cubes on the GPU (CuPy + ``kernels/mc.cu``), equal to :mod:`gpu_worker.marching`.
+"""Marching cubes on the GPU (CuPy + ``kernels/marching.cu``), equal to
+:mod:`gpu_worker.marching`.
 
 Same topology, same order, same float32 bits: vertices one per cut edge in the CPU's
 canonical order (padded row, column, axis), triangles by cube then table order. Optionally the
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gpu_worker import kernels
+from gpu_worker.gpu import kernels
 
 SUPPORTED_DTYPES = (np.dtype(np.int16), np.dtype(np.float32))
 _CTYPE = {np.dtype(np.int16): "short", np.dtype(np.float32): "float"}

@@ -1,0 +1,261 @@
+"""DICOM headers: which files hold images, and each 2-D frame's identity and geometry.
+
+``scan`` reads the headers of every source (pixel data is left on disk, only ``HEADER_TAGS``
+are parsed) and turns each image, or each frame of a multi-frame object (Enhanced CT and MR:
+geometry from the functional groups), into a ``Frame``; files that are not DICOM, or DICOM
+objects without a placeable image, are counted. Nothing here logs or returns patient data.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
+
+from dicomstl.errors import NoImagesError
+from gpu_worker.sources import Source
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One 2-D image: a single-frame file, or one frame of a multi-frame object."""
+
+    source: int  # index into the scan's sources
+    frame: int | None  # frame number (0-based) in a multi-frame object
+    series_uid: str
+    modality: str
+    description: str
+    rows: int
+    cols: int
+    row_dir: tuple[float, float, float]
+    col_dir: tuple[float, float, float]
+    position: tuple[float, float, float]
+    spacing_ij: tuple[float, float]  # (column spacing, row spacing), mm
+    slope: float
+    intercept: float
+    time_key: tuple  # orders repeats of one position (4-D series)
+    transfer_syntax: str
+    raw: tuple[int, str] | None = None  # (byte offset, dtype) of uncompressed pixel data
+
+
+@dataclass
+class Scan:
+    """Headers of every image frame found, and what was skipped."""
+
+    sources: list[Source]
+    frames: list[Frame]
+    datasets: list = field(default_factory=list)  # per source: header (pixels deferred) or None
+    not_dicom: int = 0
+    not_image: int = 0
+
+
+def _floats(value, n: int) -> tuple[float, ...] | None:
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return out if len(out) == n else None
+
+
+def _raw_numbers(ds, keyword: str):
+    """A DS/IS element's numbers, parsed from its raw bytes when still unconverted.
+
+    pydicom's own conversion validates each value through DSfloat, which costs more than the
+    rest of a header read; plain float() on the bytes gives the same numbers.
+    """
+    if keyword not in ds:
+        return None
+    element = ds.get_item(keyword)
+    raw = getattr(element, "value", None)
+    if isinstance(raw, bytes):
+        try:
+            return [float(x) for x in raw.split(b"\\") if x.strip()]
+        except ValueError:
+            pass
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    return list(value) if isinstance(value, MultiValue | list | tuple) else [value]
+
+
+def _functional_item(ds, index: int, name: str):
+    """First item of a functional-group sequence for one frame, per-frame before shared."""
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    for group in (per_frame[index] if per_frame and len(per_frame) > index else None,
+                  shared[0] if shared else None):
+        if group is not None and group.get(name):
+            return group.get(name)[0]
+    return None
+
+
+def _frames_of(ds, source: int) -> list[Frame]:
+    """The image frames a dataset holds; empty for non-image objects."""
+    if "PixelData" not in ds or "Rows" not in ds or "Columns" not in ds:
+        return []
+    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+        return []
+    common = {
+        "source": source,
+        "series_uid": str(ds.get("SeriesInstanceUID", "")),
+        "modality": str(ds.get("Modality", "")),
+        "description": str(ds.get("SeriesDescription", "")).strip(),
+        "rows": int(ds.Rows),
+        "cols": int(ds.Columns),
+        "transfer_syntax": str(ds.file_meta.get("TransferSyntaxUID", ""))
+        if hasattr(ds, "file_meta") else "",
+    }
+    common["raw"] = _raw_pixel_location(ds)
+    instance = int(ds.get("InstanceNumber") or 0)
+    n_frames = int(ds.get("NumberOfFrames") or 1)
+    frames: list[Frame] = []
+    if "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds:
+        for f in range(n_frames):
+            pos = _functional_item(ds, f, "PlanePositionSequence")
+            ori = _functional_item(ds, f, "PlaneOrientationSequence")
+            meas = _functional_item(ds, f, "PixelMeasuresSequence")
+            pvt = _functional_item(ds, f, "PixelValueTransformationSequence")
+            content = _functional_item(ds, f, "FrameContentSequence")
+            frame = _make_frame(
+                common, f,
+                ori.get("ImageOrientationPatient") if ori else None,
+                pos.get("ImagePositionPatient") if pos else None,
+                meas.get("PixelSpacing") if meas else None,
+                pvt.get("RescaleSlope") if pvt else None,
+                pvt.get("RescaleIntercept") if pvt else None,
+                (int(content.get("TemporalPositionIndex") or 0) if content else 0,
+                 int(content.get("FrameAcquisitionNumber") or 0) if content else 0, f))
+            if frame is None:
+                return []
+            frames.append(frame)
+        return frames
+    if n_frames != 1:
+        return []  # a legacy multi-frame without plane geometry: not a volume we can place
+    slope = _raw_numbers(ds, "RescaleSlope")
+    intercept = _raw_numbers(ds, "RescaleIntercept")
+    frame = _make_frame(
+        common, None, _raw_numbers(ds, "ImageOrientationPatient"),
+        _raw_numbers(ds, "ImagePositionPatient"), _raw_numbers(ds, "PixelSpacing"),
+        slope[0] if slope else None, intercept[0] if intercept else None,
+        (int(ds.get("TemporalPositionIdentifier") or 0), int(ds.get("AcquisitionNumber") or 0),
+         float(ds.get("TriggerTime") or 0.0), str(ds.get("AcquisitionTime") or ""), instance))
+    return [frame] if frame else []
+
+
+_UNCOMPRESSED_LE = (pydicom.uid.ImplicitVRLittleEndian, pydicom.uid.ExplicitVRLittleEndian)
+
+
+def _raw_pixel_location(ds) -> tuple[int, str] | None:
+    """Where the pixels of an uncompressed little-endian single-frame file lie on disk.
+
+    Such pixels need no decoder: reading them straight from the file is several times faster
+    than pydicom's general path and gives the same array (pydicom leaves unused high bits as
+    stored). Only used when the element's length is exactly the image size.
+    """
+    meta = getattr(ds, "file_meta", None)
+    if (not ds.filename or meta is None or meta.get("TransferSyntaxUID") not in _UNCOMPRESSED_LE
+            or int(ds.get("NumberOfFrames") or 1) != 1 or ds.get("BitsAllocated") not in (8, 16)
+            or int(ds.get("SamplesPerPixel", 1) or 1) != 1):
+        return None
+    # keep_deferred: the raw element, its value's offset and length, and nothing read
+    raw = ds.get_item("PixelData", keep_deferred=True)
+    offset = getattr(raw, "value_tell", None)
+    size = int(ds.Rows) * int(ds.Columns) * int(ds.BitsAllocated) // 8
+    if offset is None or getattr(raw, "length", None) != size:
+        return None
+    kind = "i" if int(ds.get("PixelRepresentation", 0) or 0) == 1 else "u"
+    return offset, f"<{kind}{int(ds.BitsAllocated) // 8}"
+
+
+def _make_frame(common, frame, iop, ipp, spacing, slope, intercept, time_key) -> Frame | None:
+    iop = _floats(iop, 6) if iop is not None else None
+    ipp = _floats(ipp, 3) if ipp is not None else None
+    spacing = _floats(spacing, 2) if spacing is not None else None
+    if iop is None or ipp is None or spacing is None or min(spacing) <= 0:
+        return None
+    row = np.array(iop[:3])
+    col = np.array(iop[3:])
+    if np.linalg.norm(row) < 1e-6 or np.linalg.norm(col) < 1e-6:
+        return None
+    row = row / np.linalg.norm(row)
+    col = col / np.linalg.norm(col)
+    # PixelSpacing is (row spacing = between rows, column spacing = between columns).
+    return Frame(frame=frame, row_dir=tuple(row), col_dir=tuple(col), position=ipp,
+                 spacing_ij=(spacing[1], spacing[0]),
+                 slope=float(slope) if slope not in (None, "") else 1.0,
+                 intercept=float(intercept) if intercept not in (None, "") else 0.0,
+                 time_key=time_key, **common)
+
+
+#: The only elements the converter reads; parsing skips the values of all others.
+HEADER_TAGS = [
+    "SOPClassUID", "SeriesInstanceUID", "Modality", "SeriesDescription", "Rows", "Columns",
+    "SamplesPerPixel", "NumberOfFrames", "InstanceNumber", "ImageOrientationPatient",
+    "ImagePositionPatient", "PixelSpacing", "RescaleSlope", "RescaleIntercept",
+    "TemporalPositionIdentifier", "AcquisitionNumber", "TriggerTime", "AcquisitionTime",
+    "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation",
+    "PhotometricInterpretation", "PlanarConfiguration", "PixelData",
+    "PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence",
+]
+
+
+def _read_header(src: Source):
+    """The dataset of one file with its pixel data left unread, or None if not DICOM.
+
+    Only HEADER_TAGS are kept (and pixel data are deferred) for files on disk; archive
+    members are parsed whole, since their bytes are in memory anyway.
+    """
+    kwargs = ({"defer_size": "64 KB", "specific_tags": HEADER_TAGS} if src.path is not None
+              else {})
+    ds = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for force in (False, True):  # without the preamble only with force=True
+            try:
+                ds = pydicom.dcmread(src.open(), force=force, **kwargs)
+                break
+            except InvalidDicomError:
+                continue
+            except Exception:
+                return None
+    # A corrupt file can parse into a few stray elements: keep only what has an identity.
+    if ds is None or ("SOPClassUID" not in ds and "Rows" not in ds):
+        return None
+    return ds
+
+
+def scan(sources: Sequence[Source]) -> Scan:
+    """Read the headers of every source; count files that are not DICOM or not images."""
+    # Sequential: header parsing holds the GIL, so threads only add contention.
+    datasets = [_read_header(src) for src in sources]
+    result = Scan(sources=list(sources), frames=[], datasets=datasets)
+    for index, ds in enumerate(datasets):
+        if ds is None:
+            result.not_dicom += 1
+            continue
+        try:
+            frames = _frames_of(ds, index)
+        except (ValueError, TypeError, AttributeError):
+            frames = []
+        if not frames:
+            result.not_image += 1
+        result.frames.extend(frames)
+    return result
+
+
+def require_images(found: Scan) -> None:
+    """Raise NoImagesError, with counts, when the scan found no image frames."""
+    if found.frames:
+        return
+    parts = [f"{len(found.sources)} file(s) read"]
+    if found.not_dicom:
+        parts.append(f"{found.not_dicom} not readable as DICOM (corrupt, or not DICOM)")
+    if found.not_image:
+        parts.append(f"{found.not_image} DICOM object(s) without a placeable image "
+                     "(reports, structure sets, presentation states, or no plane geometry)")
+    raise NoImagesError("no DICOM images found: " + "; ".join(parts))
