@@ -32,6 +32,7 @@ sys.path.insert(0, str(ROOT))
 from common import best_of, ct_like, emit_json, vtk_flying_edges  # noqa: E402
 
 from gpu_worker import volume as vol  # noqa: E402
+from gpu_worker.decode import DecodedSeries  # noqa: E402
 from gpu_worker.geometry import Geometry  # noqa: E402
 from gpu_worker.gpu import volume as gpu_volume  # noqa: E402
 from gpu_worker.gpu.engine import GpuEngine  # noqa: E402
@@ -40,7 +41,6 @@ from gpu_worker.gpu.stl import binary_stl_bytes_gpu  # noqa: E402
 from gpu_worker.marching import marching_cubes  # noqa: E402
 from gpu_worker.mesh import Mesh, decimate  # noqa: E402
 from gpu_worker.pipeline import Options, convert  # noqa: E402
-from gpu_worker.series import DecodedSeries  # noqa: E402
 
 LEVEL = 299.5  # bone at 300 HU on int16 data
 

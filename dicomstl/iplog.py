@@ -1,6 +1,6 @@
 """The IP log: one row per upload, API call and login attempt, for abuse review and rate
 limits. It holds the client's address, the time and the route's pattern (never a URL with
-ids in it); the scheduler deletes rows after 30 days (``scheduler/retention.py``)."""
+ids in it); the scheduler deletes rows after 30 days (``dicomstl.retention_policy``)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
 """The ``dicomstl`` command: ``convert`` a series to a mesh, ``inspect`` what an input holds;
-the service's commands (``up``, ``serve``, ``worker``, ``submit``, …) are in ``cli_service``."""
+the service's commands (``up``, ``serve``, ``worker``, ``submit``, …) are in
+``service_commands``."""
 
 from __future__ import annotations
 

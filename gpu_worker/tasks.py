@@ -1,4 +1,5 @@
-"""The RQ job: convert one stored upload, reporting progress and ending in a clear state.
+"""The RQ jobs the worker runs: convert one stored upload, reporting progress and ending in a
+clear state; and deliver an ended job's callback.
 
 User errors (``ConversionError``) end the job failed with their message. A lost database or
 Redis connection or a full disk is transient: the job goes back to ``queued`` and RQ retries

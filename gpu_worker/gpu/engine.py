@@ -16,8 +16,8 @@ import numpy as np
 from dicomstl.options import Options
 from gpu_worker import mesh as meshops
 from gpu_worker import volume as vol
+from gpu_worker.cpu_engine import CpuEngine
 from gpu_worker.decode import DecodedSeries
-from gpu_worker.engines import CpuEngine
 from gpu_worker.geometry import Geometry
 from gpu_worker.gpu import device, kernels
 from gpu_worker.gpu import volume as gpu_volume

@@ -1,30 +1,14 @@
-"""Finding, grouping, sorting and decoding series."""
-
-from pathlib import Path
+"""Grouping and sorting frames into series, and choosing one: slice order along the normal,
+gaps, duplicates, time points, several series, localizers, single slices."""
 
 import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from dicomstl.errors import DecodeError, NoImagesError, SeriesChoiceError, SeriesGeometryError
-from gpu_worker import decode, dicom_headers
-from gpu_worker import series as ser
-from gpu_worker.sources import collect_sources
+from dicomstl.errors import SeriesChoiceError, SeriesGeometryError
 from tests.dicom_factory import write_series
-
-
-def load(*inputs, series=None, time_point=0):
-    found = dicom_headers.scan(collect_sources(inputs))
-    dicom_headers.require_images(found)
-    stacks = ser.find_series(found)
-    stack = ser.choose_series(stacks, series)
-    return decode.decode_series(found, stack, time_point), stacks, found
-
-
-def ramp(k=6, j=5, i=4):
-    """Slice z holds the value 100 * z, so the decoded order is visible in the pixels."""
-    return (np.arange(k)[:, None, None] * 100 + np.zeros((k, j, i))).astype(np.int16)
+from tests.unit.gpu_worker.reading import load, ramp
 
 
 def test_slices_are_ordered_by_position_not_instance_number_or_file_name(tmp_path):
@@ -94,91 +78,9 @@ def test_a_localizer_in_the_same_series_is_split_off_and_ignored(tmp_path):
     assert not stacks[1].usable and "single slice" in stacks[1].problem
 
 
-def test_non_dicom_files_are_skipped_and_counted(tmp_path):
-    write_series(tmp_path, ramp())
-    (tmp_path / "README.txt").write_text("not dicom")
-    decoded, _, found = load(tmp_path)
-    assert found.not_dicom == 1 and decoded.pixels.shape[0] == 6
-
-
-def test_no_images_error_counts_what_was_found(tmp_path):
-    (tmp_path / "a.txt").write_text("x")
-    with pytest.raises(NoImagesError, match="1 not readable as DICOM"):
-        load(tmp_path)
-    with pytest.raises(NoImagesError, match="without a placeable image"):
-        load(get_testdata_file("rtplan.dcm"))
-
-
 def test_single_slice_is_a_clear_error():
     with pytest.raises(SeriesGeometryError, match="single slice"):
         load(get_testdata_file("MR_small.dcm"))
-
-
-@pytest.mark.parametrize("name", ["MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm",
-                                  "MR_small_RLE.dcm", "MR_small_implicit.dcm",
-                                  "MR_small_bigendian.dcm"])
-def test_transfer_syntaxes_decode_to_the_same_pixels(name, tmp_path):
-    """Each compressed copy of MR_small, stacked twice, decodes like the uncompressed one."""
-    reference = pydicom.dcmread(get_testdata_file("MR_small.dcm")).pixel_array
-    for z in range(2):
-        ds = pydicom.dcmread(get_testdata_file(name))
-        ds.ImagePositionPatient = [0, 0, z]
-        ds.SOPInstanceUID = pydicom.uid.generate_uid()
-        ds.save_as(tmp_path / f"s{z}", enforce_file_format=False)
-    decoded, _, _ = load(tmp_path)
-    np.testing.assert_array_equal(decoded.pixels[0], reference)
-
-
-def copy_twice(tmp_path: Path, name: str) -> Path:
-    for z in range(2):
-        ds = pydicom.dcmread(get_testdata_file(name), force=True)
-        ds.ImagePositionPatient = [0, 0, z]
-        ds.save_as(tmp_path / f"s{z}", enforce_file_format=False)
-    return tmp_path
-
-
-def test_files_without_preamble_or_file_meta_are_read(tmp_path):
-    reference = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
-    for z in range(2):
-        ds = pydicom.dcmread(get_testdata_file("MR_small_implicit.dcm"))
-        ds.ImagePositionPatient = [0, 0, z]
-        del ds.file_meta
-        ds.preamble = None
-        pydicom.dcmwrite(tmp_path / f"s{z}", ds, implicit_vr=True, little_endian=True,
-                         enforce_file_format=False)
-    assert (tmp_path / "s0").read_bytes()[128:132] != b"DICM"
-    decoded, _, _ = load(tmp_path)
-    np.testing.assert_array_equal(decoded.pixels[1], reference.pixel_array)
-
-
-def test_truncated_pixel_data_is_a_clear_error(tmp_path):
-    with pytest.raises(DecodeError, match="truncated"):
-        load(copy_twice(tmp_path, "MR_truncated.dcm"))
-
-
-def test_real_broken_files_give_clear_errors(shared_dicom):
-    broken = shared_dicom / "broken"
-    with pytest.raises(NoImagesError, match="not readable as DICOM"):
-        load(broken / "garbage-after-preamble.dcm")
-
-
-def test_cut_jpeg2000_pixel_data_is_a_decode_error(shared_dicom, tmp_path):
-    for z in range(2):
-        ds = pydicom.dcmread(shared_dicom / "broken" / "j2k-pixeldata-cut.dcm")
-        ds.ImagePositionPatient = [0, 0, z]
-        ds.save_as(tmp_path / f"s{z}")
-    with pytest.raises(DecodeError, match="corrupt"):
-        load(tmp_path)
-
-
-def test_enhanced_multiframe_uses_functional_groups(shared_dicom):
-    decoded, _stacks, _ = load(shared_dicom / "mr-enhanced-sag")
-    assert decoded.pixels.shape == (63, 86, 86)
-    g = decoded.geometry
-    np.testing.assert_allclose(g.row_dir, [0, 1, 0])
-    np.testing.assert_allclose(g.col_dir, [0, 0, -1])
-    np.testing.assert_allclose(np.abs(g.slice_spacings), 2.2, atol=1e-3)
-    np.testing.assert_allclose(g.spacing_ij, (2.23256, 2.23256))
 
 
 def test_real_four_d_mr_is_fifteen_slices_not_150(shared_dicom):
@@ -193,26 +95,6 @@ def test_real_session_picks_the_axial_series_and_lists_the_rest(shared_dicom):
     assert decoded.pixels.shape == (28, 512, 512)
     assert decoded.description == "STD BRAIN 5MM"
     assert len(stacks) >= 3 and sum(s.usable for s in stacks) == 1
-
-
-def test_unsupported_transfer_syntax_is_named_in_the_error(tmp_path):
-    for z in range(2):
-        ds = pydicom.dcmread(get_testdata_file("MR_small_jp2klossless.dcm"))
-        ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"  # MPEG-2: no decoder
-        ds.ImagePositionPatient = [0, 0, z]
-        ds.save_as(tmp_path / f"s{z}")
-    with pytest.raises(DecodeError, match=r"'MPEG2 Main Profile / Main Level'.*cannot decode"):
-        load(tmp_path)
-
-
-def test_slices_whose_values_do_not_fit_one_format_are_an_error(tmp_path):
-    paths = write_series(tmp_path, ramp(), intercept=0)
-    ds = pydicom.dcmread(paths[0])
-    ds.PixelRepresentation = 0  # unsigned ...
-    ds.PixelData = (np.full((5, 4), 60000, dtype=np.uint16)).tobytes()  # ... beyond int16
-    ds.save_as(paths[0])
-    with pytest.raises(DecodeError, match="different formats"):
-        load(tmp_path)
 
 
 def test_orientation_noise_across_a_rounding_boundary_keeps_one_series(tmp_path):

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from dicomstl.errors import ConversionError, EmptySurfaceError
 from gpu_worker import volume as vol
@@ -105,3 +106,21 @@ def test_inverted_threshold_selects_voxels_below_the_level():
     fdata = data.astype(np.float32)
     flipped, level = vol.oriented(fdata, -400.0, invert=True)
     np.testing.assert_array_equal(flipped >= level, fdata <= -400)
+
+
+def test_cpu_smoothing_is_scipys_gaussian_filter_exactly():
+    rng = np.random.default_rng(2)
+    data = rng.normal(0, 300, (12, 15, 18)).astype(np.float32)
+    sigmas = (1.7, 0.9, 2.2)
+    expected = ndimage.gaussian_filter(data, sigmas, mode="nearest")
+    for axis, sigma in enumerate(sigmas):
+        data = ndimage.correlate1d(data, vol.gaussian_weights(sigma), axis=axis,
+                                   output=np.float32, mode="nearest")
+    np.testing.assert_array_equal(data, expected)
+
+
+def test_equal_sized_parts_are_kept_in_raster_order():
+    sizes = np.array([0, 5, 9, 5, 9, 1])
+    kept, report = vol.choose_parts(sizes, np.array([], np.int64), "3", 0.0, 1.0)
+    assert kept.tolist() == [False, True, True, False, True, False]  # 9 (2), 9 (4), 5 (1)
+    assert report.parts_kept == 3 and report.voxels_kept == 23

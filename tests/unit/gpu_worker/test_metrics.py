@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import REGISTRY
 
 from gpu_worker import metrics
-from gpu_worker.engines import CpuEngine
+from gpu_worker.cpu_engine import CpuEngine
 from gpu_worker.tasks import warm_up
 
 

@@ -1,0 +1,39 @@
+"""Settings from the environment: defaults, types, the shared secret key, owner-only folders."""
+
+from __future__ import annotations
+
+import pytest
+
+from dicomstl.errors import ConfigError
+from dicomstl.settings import load_settings
+
+
+def test_settings_defaults_and_environment(tmp_path):
+    s = load_settings({"DICOMSTL_DATA_DIR": str(tmp_path / "d")})
+    assert s.database_url == f"sqlite:///{tmp_path / 'd' / 'dicomstl.db'}"
+    assert s.redis_url is None and s.result_ttl_s == 3600 and s.upload_ttl_s == 3600
+    assert s.jobs_dir.is_dir() and s.incoming_dir.is_dir()
+    # The secret key is made once and shared by every process using the folder.
+    assert load_settings({"DICOMSTL_DATA_DIR": str(tmp_path / "d")}).secret_key == s.secret_key
+    assert oct((tmp_path / "d" / "secret_key").stat().st_mode & 0o777) == "0o600"
+    t = load_settings({"DICOMSTL_DATA_DIR": str(tmp_path / "d"), "DICOMSTL_PORT": "9000",
+                       "DICOMSTL_HEARTBEAT_S": "2.5", "REDIS_URL": "redis://x:6379/1",
+                       "DATABASE_URL": "postgresql://u@h/db"})
+    assert (t.port, t.heartbeat_s, t.redis_url, t.database_url) == (
+        9000, 2.5, "redis://x:6379/1", "postgresql://u@h/db")
+    with pytest.raises(ConfigError, match="DICOMSTL_PORT must be a whole number"):
+        load_settings({"DICOMSTL_DATA_DIR": str(tmp_path / "d"), "DICOMSTL_PORT": "eighty"})
+
+
+def test_boolean_and_list_settings(tmp_path):
+    base = {"DICOMSTL_DATA_DIR": str(tmp_path / "d")}
+    assert load_settings(base).callback_allow_http is False
+    for text, value in (("1", True), ("yes", True), ("TRUE", True), ("0", False), ("no", False)):
+        s = load_settings({**base, "DICOMSTL_CALLBACK_ALLOW_HTTP": text})
+        assert s.callback_allow_http is value
+    with pytest.raises(ConfigError, match="DICOMSTL_CALLBACK_ALLOW_HTTP must be 1 or 0"):
+        load_settings({**base, "DICOMSTL_CALLBACK_ALLOW_HTTP": "maybe"})
+    s = load_settings({**base,
+                       "DICOMSTL_CALLBACK_ALLOWED_HOSTS": " Hooks.Clinic.local., 10.0.0.7,"})
+    assert s.callback_hosts == {"hooks.clinic.local", "10.0.0.7"}
+    assert oct((tmp_path / "d").stat().st_mode & 0o777) == "0o700"
