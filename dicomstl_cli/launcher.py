@@ -21,6 +21,10 @@ from dicomstl.settings import Settings
 
 log = logging.getLogger(__name__)
 
+#: RQ worker loops in a row that may stop on an error while Redis answers before the worker
+#: process gives up (and its supervisor restarts it).
+MAX_UNEXPLAINED_STOPS = 5
+
 
 def serve(settings: Settings) -> None:
     """The web app under gunicorn (threaded workers, so long uploads block no one; slow
@@ -101,7 +105,7 @@ def run_worker(settings: Settings, burst: bool = False) -> None:
     connection = q.connect(settings.redis_url)
     queues = [q.queue(settings.redis_url, name) for name in q.QUEUES]
     stop = threading.Event()
-    pause, generation = 1.0, 0
+    pause, generation, unexplained = 1.0, 0, 0
     while True:
         generation += 1  # a new name: the last one may still be registered in Redis
         started, worker = time.monotonic(), None
@@ -114,14 +118,17 @@ def run_worker(settings: Settings, burst: bool = False) -> None:
             lost = True
         if (worker is not None and worker.stop_requested) or (burst and not lost):
             return  # SIGTERM/SIGINT (RQ's own handlers), or the queues are empty
-        if not lost:
-            raise RuntimeError("the RQ worker loop stopped on an unexpected error (logged "
-                               "above)")
+        if time.monotonic() - started > 60:  # it worked for a while: start afresh
+            pause, unexplained = 1.0, 0
+        # RQ's loop also quits on an error it logs itself: mostly a Redis outage that is
+        # over by now. Only one that keeps coming back with Redis up is a fault to report.
+        unexplained = 0 if lost else unexplained + 1
+        if unexplained > MAX_UNEXPLAINED_STOPS:
+            raise RuntimeError("the RQ worker loop keeps stopping on an error (logged above)")
         for sig in (signal.SIGTERM, signal.SIGINT):  # RQ's handlers need a live worker
             signal.signal(sig, lambda *_: stop.set())
-        if time.monotonic() - started > 60:
-            pause = 1.0  # it worked for a while: a new outage starts with a short pause
-        log.warning("Redis is unreachable; the worker connects again in %.0f s", pause)
+        log.warning("%s; the worker connects again in %.0f s", "Redis is unreachable" if lost
+                    else "the RQ worker loop stopped on an error (logged above)", pause)
         if stop.wait(pause):
             return
         pause = min(30.0, 2 * pause)
