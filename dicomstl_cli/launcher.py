@@ -155,7 +155,7 @@ def _port_or_free(host: str, port: int, what: str) -> int:
 def up(settings: Settings) -> int:
     """Everything on one machine until Ctrl-C or SIGTERM, each process restarted when it
     dies (``supervisor``); returns the exit status."""
-    from dicomstl.queue import embedded_redis_socket, start_embedded_redis
+    from dicomstl.queue import embedded_redis_socket, socket_url, start_embedded_redis
     from dicomstl_cli.supervisor import Supervisor
 
     env = dict(os.environ, DICOMSTL_DATA_DIR=str(settings.data_dir))
@@ -163,7 +163,7 @@ def up(settings: Settings) -> int:
     supervisor = Supervisor(settings.max_restarts, settings.restart_window_s)
     if settings.redis_url is None:
         socket_path = embedded_redis_socket(settings.data_dir)  # the same after a restart
-        env["REDIS_URL"] = f"unix://{socket_path}"
+        env["REDIS_URL"] = socket_url(socket_path)
         supervisor.add("redis-server", lambda: start_embedded_redis(
             settings.data_dir, socket_path)[0], stop_last=True)
     port = _port_or_free(settings.host, settings.port, "the web app")  # 0: any free port

@@ -183,7 +183,7 @@ def keep_parts(data: np.ndarray, level: float, keep: str, min_part_mm3: float,
     # scipy numbers parts in raster order of their first voxel.
     labels, n = ndimage.label(mask, structure=CONNECTIVITY)
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
-    border = border_labels(labels, np) if drop_in_plane_border else np.zeros(0, np.int64)
+    border = border_labels(labels) if drop_in_plane_border else np.zeros(0, np.int64)
     kept, report = choose_parts(sizes, border, keep, min_part_mm3, voxel_mm3)
     drop = mask & ~kept[labels]
     return drop_voxels(data, drop, level), report
