@@ -85,6 +85,7 @@ def run_worker(settings: Settings, burst: bool = False) -> None:
     from dicomstl import queue as q
     from dicomstl.metrics import serve_metrics
     from gpu_worker.engines import resolve_backend
+    from gpu_worker.kernel_cache import kernel_words
     from gpu_worker.tasks import use_settings, warm_up
 
     class Worker(SimpleWorker):
@@ -101,7 +102,8 @@ def run_worker(settings: Settings, burst: bool = False) -> None:
     engine = resolve_backend(settings.backend)  # once: the engine stays warm for every job
     warm = warm_up(engine)
     use_settings(settings, engine)
-    log.info("worker ready: %s engine, warmed up in %.2f s", warm["backend"], warm["seconds"])
+    log.info("worker ready: %s engine, warmed up in %.2f s (%s)", warm["backend"],
+             warm["seconds"], kernel_words(warm["kernels"]))
     connection = q.connect(settings.redis_url)
     queues = [q.queue(settings.redis_url, name) for name in q.QUEUES]
     stop = threading.Event()

@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _convert(args: argparse.Namespace) -> int:
+    from gpu_worker.engines import resolve_backend
+    from gpu_worker.kernel_cache import kernel_words
     from gpu_worker.pipeline import convert
 
     fmt = args.format or ("3mf" if args.output.lower().endswith(".3mf") else "stl")
@@ -103,6 +105,8 @@ def _convert(args: argparse.Namespace) -> int:
                       mesh_smooth=args.mesh_smooth, format=fmt, backend=args.backend,
                       gpu_memory_budget=args.gpu_memory_budget)
     options.validate()  # before the progress bars: a bad option is one line, no bars
+    engine = resolve_backend(options.backend)
+    warm = engine.warm_up()  # the kernels, from the disk cache except after an install
     with Progress(SpinnerColumn(), TextColumn("{task.description:<12}"), BarColumn(),
                   TimeElapsedColumn(), console=err, disable=args.quiet, transient=False) as bar:
         tasks = {s: bar.add_task(s, total=1, start=False) for s in STAGES}
@@ -113,7 +117,7 @@ def _convert(args: argparse.Namespace) -> int:
             else:
                 bar.update(tasks[stage], completed=1)
 
-        result = convert(args.inputs, args.output, options, progress)
+        result = convert(args.inputs, args.output, options, progress, engine=engine)
     r = result.report
     # Text that comes from data or the file system is escaped: "[...]" is rich markup.
     out.print(f"[bold green]wrote[/] {escape(str(result.output))} "
@@ -125,7 +129,9 @@ def _convert(args: argparse.Namespace) -> int:
               f"{r.surface_area_mm2:,.0f} mm², volume {r.volume_cm3:,.2f} cm³, parts {r.parts}, "
               f"watertight {'yes' if r.watertight else 'NO'}")
     out.print("size (LPS mm): " + " x ".join(f"{s:.1f}" for s in r.size_mm))
-    out.print("time: " + ", ".join(f"{k} {v:.2f}s" for k, v in result.timings_s.items()))
+    out.print(f"time: kernels {warm['seconds']:.2f}s, "
+              + ", ".join(f"{k} {v:.2f}s" for k, v in result.timings_s.items())
+              + f" ({kernel_words(warm['kernels'])})")
     for note in result.warnings:
         err.print(f"[yellow]warning:[/] {escape(note)}")
     if args.report:

@@ -42,3 +42,17 @@ def test_crop_and_downsample_keep_voxels_where_they_were():
     np.testing.assert_allclose(d.to_lps(np.array([[0, 0, 0]])),
                                g.to_lps(np.array([[0.5, 0.5, 0.5]])))
     assert d.spacing_ij == (1.0, 1.2)
+
+
+@pytest.mark.parametrize("origins", [
+    [[-120.3, 88.1, 17.25]],  # one slice: along the normal
+    [[0, 0, 0], [0.2, 0.1, 1.1], [0.45, 0.2, 4.0], [0.5, 0.3, 4.9]],  # tilted, uneven
+])
+def test_the_float32_vertices_equal_the_reference_bit_for_bit(origins):
+    row = np.array([0.9, 0.1, 0.0]) / np.linalg.norm([0.9, 0.1, 0.0])
+    col = np.cross([0, 0, 1.0], row)
+    g = Geometry(row, col, (0.488, 0.731), np.asarray(origins, dtype=np.float64))
+    rng = np.random.default_rng(3)
+    ijk = rng.uniform(-2, 6, (20000, 3)).astype(np.float32)
+    ijk[:100] = np.round(ijk[:100])  # on grid points and slice boundaries
+    np.testing.assert_array_equal(g.to_lps_float32(ijk), g.to_lps(ijk).astype(np.float32))
