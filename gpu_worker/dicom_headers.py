@@ -3,13 +3,15 @@
 ``scan`` reads the headers of every source (pixel data is left on disk, only ``HEADER_TAGS``
 are parsed) and turns each image, or each frame of a multi-frame object (Enhanced CT and MR:
 geometry from the functional groups), into a ``Frame``; files that are not DICOM, or DICOM
-objects without a placeable image, are counted. Nothing here logs or returns patient data.
+objects without a placeable image, are counted. Plain uncompressed single-frame files on disk
+are read by :mod:`gpu_worker.dicom_fastread` (same elements, same values, several times
+faster), everything else by pydicom. Nothing here logs or returns patient data.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,6 +20,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 
 from dicomstl.errors import NoImagesError
+from gpu_worker import dicom_fastread
 from gpu_worker.sources import Source
 
 
@@ -49,7 +52,8 @@ class Scan:
 
     sources: list[Source]
     frames: list[Frame]
-    datasets: list = field(default_factory=list)  # per source: header (pixels deferred) or None
+    # per source: its pydicom header (pixels deferred), or None if not DICOM
+    datasets: Sequence = field(default_factory=list)
     not_dicom: int = 0
     not_image: int = 0
 
@@ -229,21 +233,76 @@ def _read_header(src: Source):
     return ds
 
 
-def scan(sources: Sequence[Source]) -> Scan:
-    """Read the headers of every source; count files that are not DICOM or not images."""
-    # Sequential: header parsing holds the GIL, so threads only add contention.
-    datasets = [_read_header(src) for src in sources]
-    result = Scan(sources=list(sources), frames=[], datasets=datasets)
-    for index, ds in enumerate(datasets):
-        if ds is None:
-            result.not_dicom += 1
-            continue
-        try:
-            frames = _frames_of(ds, index)
-        except (ValueError, TypeError, AttributeError):
-            frames = []
-        if not frames:
-            result.not_image += 1
+class _Datasets(Sequence):
+    """Per source, the pydicom header ``_read_header`` gives; read on first access for the
+    files whose frames came from the fast reader (decoding them needs only ``Frame.raw``)."""
+
+    _UNREAD = object()
+
+    def __init__(self, sources: Sequence[Source]) -> None:
+        self._sources = sources
+        self._items: list = [self._UNREAD] * len(sources)
+
+    def set(self, index: int, ds) -> None:
+        self._items[index] = ds
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if self._items[index] is self._UNREAD:
+            self._items[index] = _read_header(self._sources[index])
+        return self._items[index]
+
+    def __iter__(self) -> Iterator:
+        return (self[i] for i in range(len(self)))
+
+
+_WANTED_TAGS = frozenset(int(pydicom.tag.Tag(keyword)) for keyword in HEADER_TAGS)
+
+
+def _fast_frames(src: Source, index: int) -> list[Frame] | None:
+    """The frames of a plain uncompressed single-frame file, read from its bytes; None when
+    the file needs pydicom (anything unusual, not an image, or pixels without a raw offset)."""
+    if src.path is None:
+        return None
+    header = dicom_fastread.read_header(src.path, _WANTED_TAGS)
+    if header is None:
+        return None
+    try:
+        frames = _frames_of(header, index)
+    except Exception:  # pydicom's reading decides what such a file is
+        return None
+    if not frames or any(fr.raw is None for fr in frames):
+        return None
+    return frames
+
+
+def scan(sources: Sequence[Source], fast: bool = True) -> Scan:
+    """Read the headers of every source; count files that are not DICOM or not images.
+
+    ``fast=False`` reads every file with pydicom (the reference the fast reader matches).
+    """
+    # Sequential: parsing holds the GIL, and the fast reader leaves little to share out.
+    sources = list(sources)
+    datasets = _Datasets(sources)
+    result = Scan(sources=sources, frames=[], datasets=datasets)
+    for index, src in enumerate(sources):
+        frames = _fast_frames(src, index) if fast else None
+        if frames is None:
+            ds = _read_header(src)
+            datasets.set(index, ds)
+            if ds is None:
+                result.not_dicom += 1
+                continue
+            try:
+                frames = _frames_of(ds, index)
+            except (ValueError, TypeError, AttributeError):
+                frames = []
+            if not frames:
+                result.not_image += 1
         result.frames.extend(frames)
     return result
 
