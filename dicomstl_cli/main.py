@@ -8,7 +8,9 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
@@ -92,6 +94,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextmanager
+def _stage_progress(quiet: bool) -> Iterator:
+    """A progress(stage, state) callback: bars on a terminal, else one line per stage
+    (a log or a CI job gets no redraws), nothing with --quiet."""
+    if quiet:
+        yield None
+        return
+    if not err.is_terminal:
+        started: dict[str, float] = {}
+
+        def line(stage: str, state: str) -> None:
+            if state == "start":
+                started[stage] = time.perf_counter()
+            else:
+                err.print(f"{stage} done in {time.perf_counter() - started[stage]:.2f} s",
+                          highlight=False)
+
+        yield line
+        return
+    with Progress(SpinnerColumn(), TextColumn("{task.description:<12}"), BarColumn(),
+                  TimeElapsedColumn(), console=err, transient=False) as bar:
+        tasks = {s: bar.add_task(s, total=1, start=False) for s in STAGES}
+
+        def progress(stage: str, state: str) -> None:
+            if state == "start":
+                bar.start_task(tasks[stage])
+            else:
+                bar.update(tasks[stage], completed=1)
+
+        yield progress
+
+
 def _convert(args: argparse.Namespace) -> int:
     from gpu_worker.engines import resolve_backend
     from gpu_worker.kernel_cache import kernel_words
@@ -107,16 +141,7 @@ def _convert(args: argparse.Namespace) -> int:
     options.validate()  # before the progress bars: a bad option is one line, no bars
     engine = resolve_backend(options.backend)
     warm = engine.warm_up()  # the kernels, from the disk cache except after an install
-    with Progress(SpinnerColumn(), TextColumn("{task.description:<12}"), BarColumn(),
-                  TimeElapsedColumn(), console=err, disable=args.quiet, transient=False) as bar:
-        tasks = {s: bar.add_task(s, total=1, start=False) for s in STAGES}
-
-        def progress(stage: str, state: str) -> None:
-            if state == "start":
-                bar.start_task(tasks[stage])
-            else:
-                bar.update(tasks[stage], completed=1)
-
+    with _stage_progress(args.quiet) as progress:
         result = convert(args.inputs, args.output, options, progress, engine=engine)
     r = result.report
     # Text that comes from data or the file system is escaped: "[...]" is rich markup.
@@ -146,18 +171,18 @@ def _inspect(args: argparse.Namespace) -> int:
     if args.json:
         out.print_json(json.dumps({
             "files": len(found.sources), "not_dicom": found.not_dicom,
-            "not_image": found.not_image,
+            "not_image": found.not_image, "not_image_reasons": dict(found.reasons),
             "series": [{**s.as_choice(), "usable": s.usable, "problem": s.problem}
                        for s in stacks]}))
         return 0
     table = Table(title=f"{len(found.sources)} files: {len(found.frames)} image frames, "
                         f"{found.not_dicom} not DICOM, {found.not_image} non-image objects")
     table.add_column("series", overflow="fold")  # the whole UID, for --series
-    for col in ("modality", "description", "slices", "size", "spacing mm", "usable"):
+    for col in ("modality", "description", "plane", "slices", "size", "spacing mm", "usable"):
         table.add_column(col)
     for s in stacks:
         sx, sy, sz = s.spacing_mm
-        table.add_row(s.uid, escape(s.modality), escape(s.description),
+        table.add_row(s.uid, escape(s.modality), escape(s.description), s.plane,
                       f"{s.positions}" + (f" x {s.time_points} t" if s.time_points > 1 else ""),
                       f"{s.cols}x{s.rows}x{s.positions}", f"{sx:.3g}x{sy:.3g}x{sz:.3g}",
                       "yes" if s.usable else f"no: {escape(s.problem)}")

@@ -11,6 +11,7 @@ faster), everything else by pydicom. Nothing here logs or returns patient data.
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -56,6 +57,8 @@ class Scan:
     datasets: Sequence = field(default_factory=list)
     not_dicom: int = 0
     not_image: int = 0
+    #: why each DICOM object without a placeable image has none, in words, with counts
+    reasons: Counter = field(default_factory=Counter)
 
 
 def _floats(value, n: int) -> tuple[float, ...] | None:
@@ -174,6 +177,40 @@ def _raw_pixel_location(ds) -> tuple[int, str] | None:
         return None
     kind = "i" if int(ds.get("PixelRepresentation", 0) or 0) == 1 else "u"
     return offset, f"<{kind}{int(ds.BitsAllocated) // 8}"
+
+
+def _megabytes(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB" if n >= 1e6 else \
+        f"{n / 1e3:.0f} kB"
+
+
+def why_not_image(ds) -> str:
+    """Why a DICOM object gives no image frame, in words for the user (no patient data).
+
+    Checked in this order, so that a file claiming more pixels than it holds is named as
+    such (and never decoded: nothing is allocated for the size it claims)."""
+    if "PixelData" not in ds:
+        return "no pixel data"
+    if "Rows" not in ds or "Columns" not in ds:
+        return "no Rows or Columns element"
+    rows, cols = int(ds.Rows or 0), int(ds.Columns or 0)
+    frames = int(ds.get("NumberOfFrames") or 1)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    claimed = rows * cols * frames * samples * int(ds.get("BitsAllocated") or 8) // 8
+    meta = getattr(ds, "file_meta", None)
+    native = meta is not None and meta.get("TransferSyntaxUID") in (
+        *_UNCOMPRESSED_LE, pydicom.uid.ExplicitVRBigEndian)
+    length = getattr(ds.get_item("PixelData", keep_deferred=True), "length", None)
+    if native and length is not None and length != 0xFFFFFFFF and length < claimed:
+        return (f"less pixel data than the image claims: {cols}x{rows} pixels x {frames} "
+                f"frame(s) is {_megabytes(claimed)}, the file holds {_megabytes(length)}")
+    if samples != 1:
+        return "colour pixels (only greyscale images make a volume)"
+    if frames > 1 and "PerFrameFunctionalGroupsSequence" not in ds \
+            and "SharedFunctionalGroupsSequence" not in ds:
+        return "several frames but no plane geometry (no functional groups)"
+    return "no plane geometry (no position, orientation or pixel spacing), as in reports, " \
+        "secondary captures and presentation states"
 
 
 def _make_frame(common, frame, iop, ipp, spacing, slope, intercept, time_key) -> Frame | None:
@@ -303,6 +340,10 @@ def scan(sources: Sequence[Source], fast: bool = True) -> Scan:
                 frames = []
             if not frames:
                 result.not_image += 1
+                try:
+                    result.reasons[why_not_image(ds)] += 1
+                except (ValueError, TypeError, AttributeError):
+                    result.reasons["unreadable image elements"] += 1
         result.frames.extend(frames)
     return result
 
@@ -315,6 +356,7 @@ def require_images(found: Scan) -> None:
     if found.not_dicom:
         parts.append(f"{found.not_dicom} not readable as DICOM (corrupt, or not DICOM)")
     if found.not_image:
-        parts.append(f"{found.not_image} DICOM object(s) without a placeable image "
-                     "(reports, structure sets, presentation states, or no plane geometry)")
+        why = "; ".join(f"{n} with {reason}" if found.not_image > 1 else reason
+                        for reason, n in found.reasons.most_common())
+        parts.append(f"{found.not_image} DICOM object(s) without a placeable image: {why}")
     raise NoImagesError("no DICOM images found: " + "; ".join(parts))

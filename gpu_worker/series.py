@@ -44,6 +44,7 @@ class SeriesStack:
     time_points: int
     problem: str | None = None  # why this stack cannot become a volume
     spacing_mm: tuple[float, float, float] = field(default=(0.0, 0.0, 0.0))
+    plane: str = ""  # "axial", "sagittal", "coronal" or "oblique": the slices' orientation
 
     @property
     def usable(self) -> bool:
@@ -58,13 +59,14 @@ class SeriesStack:
         return {"uid": self.uid, "modality": self.modality, "description": self.description,
                 "slices": self.positions, "time_points": self.time_points,
                 "size": [self.cols, self.rows, self.positions],
-                "spacing_mm": [float(v) for v in self.spacing_mm]}
+                "spacing_mm": [float(v) for v in self.spacing_mm], "plane": self.plane}
 
     def summary(self) -> str:
         """One line for users: modality, description, slices, size, spacing (no patient data)."""
         sx, sy, sz = self.spacing_mm
         time = f", {self.time_points} time points" if self.time_points > 1 else ""
-        text = (f"{self.uid}: {self.modality} '{self.description}', {self.positions} slices"
+        text = (f"{self.uid}: {self.modality} '{self.description}', {self.plane}, "
+                f"{self.positions} slices"
                 f"{time}, {self.cols}x{self.rows}x{self.positions} voxels, "
                 f"{sx:.3g}x{sy:.3g}x{sz:.3g} mm")
         return text + (f" (not usable: {self.problem})" if self.problem else "")
@@ -95,6 +97,15 @@ def find_series(found: Scan) -> list[SeriesStack]:
     return stacks
 
 
+def plane_of(normal: np.ndarray) -> str:
+    """The anatomical plane of slices with this LPS normal; "oblique" when the normal is
+    more than 30 degrees from every axis."""
+    axis = int(np.argmax(np.abs(normal)))
+    if abs(normal[axis]) < np.cos(np.radians(30)):
+        return "oblique"
+    return ("sagittal", "coronal", "axial")[axis]
+
+
 def _make_stack(uid: str, frames: list[Frame]) -> SeriesStack:
     first = frames[0]
     normal = np.cross(first.row_dir, first.col_dir)
@@ -112,7 +123,7 @@ def _make_stack(uid: str, frames: list[Frame]) -> SeriesStack:
         ordered.extend(sorted(frames[lo:lo + n], key=lambda f: f.time_key))
     stack = SeriesStack(uid=uid, modality=first.modality, description=first.description,
                         rows=first.rows, cols=first.cols, frames=ordered, positions=n_pos,
-                        time_points=int(counts[0]))
+                        time_points=int(counts[0]), plane=plane_of(normal))
     positions = along[new_position]
     step = float(np.median(np.diff(positions))) if n_pos > 1 else 0.0
     stack.spacing_mm = (first.spacing_ij[0], first.spacing_ij[1], step)

@@ -18,6 +18,9 @@ REAL_SERIES = {
     "ct-session-mixed": 300.0,
     "mr-epi-axial-4d": None,  # 25% of the 99th percentile: the converter's automatic level
     "mr-enhanced-sag": None,
+    "mr-knee-t1-j2k": 90.0,  # JPEG 2000, slices with gaps (spacing 3.8 mm, thickness 3 mm)
+    "zip-mr-knee-t1": 90.0,  # the same, zipped in a subfolder
+    "ct-enhanced-2frame": 40.0,  # enhanced CT, two frames, row direction flipped
 }
 
 

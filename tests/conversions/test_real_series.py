@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import trimesh
 
-from dicomstl.errors import ArchiveError, NoImagesError, SeriesGeometryError
+import tracemalloc
+
+from dicomstl.errors import ArchiveError, NoImagesError, SeriesChoiceError, SeriesGeometryError
 from gpu_worker import dicom_headers
 from gpu_worker import series as ser
 from gpu_worker.marching import T_EPS
@@ -84,8 +86,54 @@ def test_gantry_tilt_is_sheared_not_stacked(shared_dicom):
     ("j2k-pixeldata-cut.dcm", SeriesGeometryError, "single slice"),
     ("zip-slip.zip", ArchiveError, "unsafe path"),
     ("zip-bomb.zip", ArchiveError, "zip bomb"),
+    ("orthanc-DummyCTInvalidRows.dcm", NoImagesError, "without a placeable image: no pixel data"),
+    ("orthanc-Issue22-NoPixelData.dcm", NoImagesError, "without a placeable image: no pixel data"),
+    ("orthanc-oob-monochrome-46341.dcm", NoImagesError,
+     r"less pixel data than the image claims: 46341x46341 pixels x 1 frame\(s\) is 4.3 GB, "
+     "the file holds 9 kB"),
 ])
 def test_each_broken_file_gives_its_clear_error(shared_dicom, tmp_path, name, error, match):
     with pytest.raises(error, match=match):
         convert([shared_dicom / "broken" / name], tmp_path / "x.stl", Options())
     assert not (tmp_path / "x.stl").exists()
+
+
+def test_a_file_claiming_4_gb_of_pixels_is_refused_before_anything_is_allocated(shared_dicom,
+                                                                                tmp_path):
+    tracemalloc.start()
+    try:
+        with pytest.raises(NoImagesError, match="4.3 GB"):
+            convert([shared_dicom / "broken" / "orthanc-oob-monochrome-46341.dcm"],
+                    tmp_path / "x.stl", Options())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20e6
+
+
+@pytest.mark.parametrize("name, error, match", [
+    ("ct-single-slice", SeriesGeometryError, "a single slice position, not a volume"),
+    ("mr-enhanced-small-rle", NoImagesError, "several frames but no plane geometry"),
+])
+def test_each_series_that_cannot_be_a_volume_says_why(shared_dicom, tmp_path, name, error,
+                                                      match):
+    with pytest.raises(error, match=match):
+        convert([shared_dicom / name], tmp_path / "x.stl", Options(level=300.0))
+    assert not (tmp_path / "x.stl").exists()
+
+
+def test_a_localizer_is_split_by_plane_and_offered_never_stacked(shared_dicom, tmp_path):
+    folder = shared_dicom / "mr-localizer-3plane-ljpeg"
+    with pytest.raises(SeriesChoiceError, match="3 series") as choice:
+        convert([folder], tmp_path / "x.stl", Options(level=440.0))
+    stacks = ser.find_series(dicom_headers.scan(collect_sources([folder])))
+    assert sorted(s.plane for s in stacks) == ["axial", "coronal", "sagittal"]
+    assert all(s.positions == 9 and s.usable for s in stacks)
+    for stack in stacks:
+        assert f"{stack.uid}: MR 'Loc (Right)', {stack.plane}, 9 slices" in str(choice.value)
+        out = tmp_path / f"{stack.plane}.stl"
+        result = convert([folder], out, Options(level=440.0, series=stack.uid))
+        assert result.report.watertight
+        # the model is thin across its own slices: 9 slices 10 mm apart span 80 mm
+        normal_axis = {"sagittal": 0, "coronal": 1, "axial": 2}[stack.plane]
+        assert result.report.size_mm[normal_axis] <= 80 + 1

@@ -244,13 +244,16 @@ def test_series_choice_page(app, settings, series):
                      content_type="multipart/form-data")
     job_id = r.headers["Location"].rsplit("/", 1)[1]
     choices = [{"uid": "1.2.3", "modality": "CT", "description": "BRAIN 5MM", "slices": 28,
-                "time_points": 1, "size": [512, 512, 28], "spacing_mm": [0.45, 0.45, 5.0]},
+                "time_points": 1, "size": [512, 512, 28], "spacing_mm": [0.45, 0.45, 5.0],
+                "plane": "axial"},
                {"uid": "1.2.4", "modality": "MR", "description": "EPI", "slices": 63,
-                "time_points": 1, "size": [86, 86, 63], "spacing_mm": [2.2, 2.2, 2.2]}]
+                "time_points": 1, "size": [86, 86, 63], "spacing_mm": [2.2, 2.2, 2.2],
+                "plane": "sagittal"}]
     jobs.start_run(settings, job_id, 1)
     jobs.finish(settings, job_id, 1, message="pick one", choices=choices)
     page = browser.get(f"/jobs/{job_id}").data.decode()
     assert 'value="1.2.3"' in page and "BRAIN 5MM" in page and "86 × 86 × 63" in page
+    assert "<td>sagittal</td>" in page
     assert (settings.jobs_dir / job_id / "upload").is_dir()  # kept for the choice
     bad = browser.post(f"/jobs/{job_id}/series", data={"series": "9.9", "csrf_token": token})
     assert bad.status_code == 409

@@ -99,7 +99,12 @@ def test_console_script_runs_in_a_fresh_process(series, tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     assert out.read_bytes()[:2] == b"PK"
-    assert "surface" in run.stderr  # the per-stage progress bars
+    # not a terminal: one line per stage, in order, and no redraws (no carriage returns)
+    stages = [line.split()[0] for line in run.stderr.splitlines() if " done in " in line]
+    assert stages == ["read", "decode", "volume", "smooth", "islands", "surface", "decimate",
+                      "mesh-smooth", "check", "write"]
+    assert "\r" not in run.stderr and "\x1b[" not in run.stderr
+    assert "Numba kernels" in run.stdout  # the warm-up says what compiled
 
 
 def test_messages_with_brackets_are_printed_whole(series, tmp_path, capsys):
