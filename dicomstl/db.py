@@ -25,6 +25,7 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    text,
 )
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
@@ -187,6 +188,10 @@ def session_scope(url: str) -> Iterator[Session]:
         session.close()
 
 
+#: The PostgreSQL advisory lock migrations hold (any fixed 64-bit number of our own).
+MIGRATION_LOCK_KEY = 0x6469636F6D73746C  # "dicomstl"
+
+
 def migrate(url: str) -> None:
     """Apply every Alembic migration the database lacks (a no-op when it is current)."""
     import logging
@@ -198,5 +203,15 @@ def migrate(url: str) -> None:
     config = Config()
     config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    config.attributes["engine"] = engine_for(url)
-    command.upgrade(config, "head")
+    engine = config.attributes["engine"] = engine_for(url)
+    if engine.dialect.name != "postgresql":
+        command.upgrade(config, "head")  # SQLite: one host, and the file's own lock
+        return
+    # Pods starting together on an empty PostgreSQL: one migrates, the others wait for it
+    # and then find nothing to do.
+    with engine.connect() as lock:
+        lock.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        try:
+            command.upgrade(config, "head")
+        finally:
+            lock.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})

@@ -68,7 +68,7 @@ def decode_series(found: Scan, stack: SeriesStack, time_point: int = 0) -> Decod
 
     items = sorted(by_source.items())
     work(items[0])  # fixes the dtype
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+    with ThreadPoolExecutor(max_workers=len(os.sched_getaffinity(0)) or 1) as pool:
         list(pool.map(work, items[1:]))
     slopes = np.array([f.slope for f in frames])
     intercepts = np.array([f.intercept for f in frames])
