@@ -11,9 +11,11 @@ SHARED := ../shared/data/dicom
 # hour ahead).
 TOOLS  := admesh prusa-slicer chromium promtool:prometheus faketime
 WEBLIB := web/node_modules/.package-lock.json
+# checkov scans the rendered Kubernetes manifests; in its own venv: its pins clash with ours
+CHECKOV := $(VENV)/checkov/bin/checkov
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run sample test lint kernels bench tools clean
+.PHONY: run sample test lint kernels bench tools clean lock images pin-images
 
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +28,10 @@ $(STAMP):
 
 $(WEBLIB): web/package.json web/package-lock.json
 	npm ci --prefix web --no-audit --no-fund --loglevel=error
+
+$(CHECKOV): | $(STAMP)
+	$(PYTHON) -m venv $(VENV)/checkov
+	$(VENV)/checkov/bin/pip install -q checkov==3.3.30
 
 tools:
 	@missing=""; for t in $(TOOLS); do command -v $${t%%:*} >/dev/null || missing="$$missing $${t##*:}"; done; \
@@ -47,11 +53,12 @@ sample: $(STAMP)
 	$(BIN)/dicomstl convert "$$src" -o out/sample-bone.stl --preset bone --keep largest \
 	  --report out/sample-bone.json && echo "model: out/sample-bone.stl, report: out/sample-bone.json"
 
-test: $(STAMP) $(WEBLIB) tools
+test: $(STAMP) $(WEBLIB) $(CHECKOV) tools
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/hadolint deploy/Dockerfile
 
 # Compile every CUDA kernel for Hopper (sm_90) with this machine's nvcc, so a syntax or type
 # error cannot land where no GPU runs the tests; the options are the ones CuPy compiles with.
@@ -69,6 +76,20 @@ kernels: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/convert.py $(SHARED)/ct-phantom-head-1mm --json bench/results/convert-cpu.json
 	$(BIN)/python bench/service.py --json bench/results/service-cpu.json
+	$(BIN)/python bench/scale.py --json bench/results/scale-cpu.json
+
+# The images' pinned dependencies (deploy/requirements*.lock), from pyproject.toml.
+lock: $(STAMP)
+	$(BIN)/python deploy/lock.py
+
+# The three images (needs a Docker engine): dicomstl-web, dicomstl-scheduler, dicomstl-worker.
+images:
+	for t in web scheduler worker; do \
+	  docker build -f deploy/Dockerfile --target $$t -t dicomstl-$$t . || exit 1; done
+
+# The base images' digests into deploy/Dockerfile (needs skopeo or docker buildx).
+pin-images: $(STAMP)
+	$(BIN)/python deploy/pin_images.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache web/node_modules test-artifacts

@@ -103,20 +103,27 @@ def _secret_key(data_dir: Path) -> str:
     return key
 
 
-def load_settings(env: Mapping[str, str] | None = None) -> Settings:
-    """Settings from ``env`` (default: the process environment); creates the data folders
-    (owner-only: they hold patient data and secrets)."""
+def load_settings(env: Mapping[str, str] | None = None, *, prepare: bool = True) -> Settings:
+    """Settings from ``env`` (default: the process environment).
+
+    With ``prepare`` (the service's processes) the data folders are created, owner-only (they
+    hold patient data and secrets), and the secret key is made once when none is set. Without
+    it (``dicomstl health``, which only reads) nothing on disk is touched, and a secret key
+    that is not set stays empty.
+    """
     env = os.environ if env is None else env
     data_dir = Path(env.get("DICOMSTL_DATA_DIR", "var")).resolve()
-    for sub in ("", "jobs", "incoming"):
-        (data_dir / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
-    if data_dir.stat().st_uid == os.getuid():  # owner-only, whatever made it before
-        data_dir.chmod(0o700)
+    if prepare:
+        for sub in ("", "jobs", "incoming"):
+            (data_dir / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
+        if data_dir.stat().st_uid == os.getuid():  # owner-only, whatever made it before
+            data_dir.chmod(0o700)
     values: dict = {
         "data_dir": data_dir,
         "database_url": env.get("DATABASE_URL") or f"sqlite:///{data_dir / 'dicomstl.db'}",
         "redis_url": env.get("REDIS_URL") or None,
-        "secret_key": env.get("DICOMSTL_SECRET_KEY") or _secret_key(data_dir),
+        "secret_key": env.get("DICOMSTL_SECRET_KEY") or (_secret_key(data_dir) if prepare
+                                                         else ""),
     }
     for f in fields(Settings):
         var = "DICOMSTL_" + f.name.upper()

@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 #: RQ worker loops in a row that may stop on an error while Redis answers before the worker
 #: process gives up (and its supervisor restarts it).
 MAX_UNEXPLAINED_STOPS = 5
+#: RQ's worker registration lifetime, s: an idle worker waits at most this minus 15 s for a
+#: job before it beats again (RQ's default, 420 s, is too slow for a health check).
+WORKER_TTL_S = 60
 
 
 def serve(settings: Settings) -> None:
@@ -84,6 +87,7 @@ def run_worker(settings: Settings, burst: bool = False) -> None:
 
     from dicomstl import queue as q
     from dicomstl.metrics import serve_metrics
+    from gpu_worker import metrics as worker_metrics
     from gpu_worker.engines import resolve_backend
     from gpu_worker.kernel_cache import kernel_words
     from gpu_worker.tasks import use_settings, warm_up
@@ -96,6 +100,10 @@ def run_worker(settings: Settings, burst: bool = False) -> None:
         def request_stop(self, signum, frame) -> None:
             self.stop_requested = True
             super().request_stop(signum, frame)
+
+        def heartbeat(self, *args, **kwargs) -> None:
+            super().heartbeat(*args, **kwargs)
+            worker_metrics.beat()  # for `dicomstl health worker`
 
     serve_metrics(settings.metrics_host, settings.worker_metrics_port,
                   "DICOMSTL_WORKER_METRICS_PORT")
@@ -112,7 +120,7 @@ def run_worker(settings: Settings, burst: bool = False) -> None:
         generation += 1  # a new name: the last one may still be registered in Redis
         started, worker = time.monotonic(), None
         try:
-            worker = Worker(queues, connection=connection, name=(
+            worker = Worker(queues, connection=connection, worker_ttl=WORKER_TTL_S, name=(
                 f"dicomstl-{socket.gethostname()}-{os.getpid()}-{generation}"))
             worker.work(burst=burst, with_scheduler=True, logging_level="WARNING")
             lost = not q.reachable(settings.redis_url)
@@ -131,6 +139,7 @@ def run_worker(settings: Settings, burst: bool = False) -> None:
             signal.signal(sig, lambda *_: stop.set())
         log.warning("%s; the worker connects again in %.0f s", "Redis is unreachable" if lost
                     else "the RQ worker loop stopped on an error (logged above)", pause)
+        worker_metrics.beat()  # waiting for Redis is what it should do: still healthy
         if stop.wait(pause):
             return
         pause = min(30.0, 2 * pause)

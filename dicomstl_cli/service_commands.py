@@ -1,5 +1,6 @@
 """The service's commands: ``up``, ``serve``, ``worker``, ``scheduler``, ``migrate``,
-``apikey`` and ``submit`` (the bulk API from a clinic's side)."""
+``apikey``, ``health`` (``dicomstl_cli.health``) and ``submit`` (the bulk API from a
+clinic's side)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
+from dicomstl_cli import health
+
 err = Console(stderr=True)
 out = Console()
-SERVICE_COMMANDS = ("up", "serve", "worker", "scheduler", "migrate", "apikey", "submit")
+SERVICE_COMMANDS = ("up", "serve", "worker", "scheduler", "migrate", "apikey", "health",
+                    "submit")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -25,6 +29,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     s = sub.add_parser("scheduler", help="run the retention and recovery loop")
     s.add_argument("--once", action="store_true", help="one pass, then stop")
     sub.add_parser("migrate", help="bring the database to the newest schema")
+    health.add_command(sub)
 
     k = sub.add_parser("apikey", help="make, list or revoke API keys")
     ks = k.add_subparsers(dest="apikey_command", required=True)
@@ -53,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.command == "submit":
         return _submit(args)
+    if args.command == "health":  # reads only: no umask, no migration, no files
+        return health.run(args)
     from dicomstl.storage import private_umask
 
     private_umask()  # uploads, models, the database: owner-only

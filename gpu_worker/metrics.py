@@ -37,6 +37,9 @@ GPU_MEMORY_HELD = Gauge("dicomstl_worker_gpu_memory_held_bytes",
                         "GPU memory this worker's CuPy pool holds")
 GPU_MEMORY_TOTAL = Gauge("dicomstl_worker_gpu_memory_total_bytes",
                          "GPU memory of this worker's device")
+HEARTBEAT = Gauge("dicomstl_worker_heartbeat_timestamp_seconds",
+                  "Unix time of the worker's last sign of life: its RQ loop while it waits, "
+                  "its job heartbeat while it converts (`dicomstl health worker` reads it)")
 BACKEND = Gauge("dicomstl_worker_backend_info", "The engine this worker runs (1 for it)",
                 ["backend"])
 
@@ -47,6 +50,11 @@ for _outcome in OUTCOMES:
 for _backend in BACKENDS:
     VOXELS.labels(_backend)
     TRIANGLES.labels(_backend)
+
+
+def beat() -> None:
+    """The worker is alive now."""
+    HEARTBEAT.set_to_current_time()
 
 
 def set_backend(backend: str) -> None:

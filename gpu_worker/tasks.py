@@ -49,6 +49,7 @@ class _Heartbeat(threading.Thread):
 
     def run(self) -> None:
         while not self.stopped.wait(self.settings.heartbeat_s):
+            metrics.beat()
             try:
                 if not jobs.heartbeat(self.settings, self.job_id, self.run_number):
                     self.cancelled.set()
@@ -201,6 +202,7 @@ def warm_up(engine: Engine) -> dict:
     engine this worker runs (metrics); timings. The Numba kernels compile once (cached on disk
     after the first time); with a GPU, the CUDA context and kernels load here too."""
     info = engine.warm_up()
+    metrics.beat()
     metrics.set_backend(engine.name)
     metrics.observe_memory(engine.memory())
     return {"backend": engine.name, **info}

@@ -43,6 +43,9 @@ SWEEP_SECONDS = Histogram("dicomstl_scheduler_sweep_duration_seconds",
                           buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
 LAST_SWEEP = Gauge("dicomstl_scheduler_last_sweep_timestamp_seconds",
                    "When the last sweep of this replica ended (Unix time)")
+LAST_PASS = Gauge("dicomstl_scheduler_last_pass_timestamp_seconds",
+                  "When this replica last finished a pass and set these gauges, leading or "
+                  "standing by (Unix time; `dicomstl health scheduler` checks it)")
 LEADER = Gauge("dicomstl_scheduler_leader", "1 while this replica holds the lease")
 RECOVERED = Counter("dicomstl_scheduler_recovered_jobs_total",
                     "Jobs whose worker was lost (rerun, failed) or whose queue entry vanished "
@@ -88,6 +91,7 @@ def observe(settings: Settings, now: dt.datetime, leading: bool,
     for rule in rules:
         OVERDUE.labels(rule.kind).set(count_rows_before(settings, rule, rule.cutoff(late)))
     _observe_queues(settings)
+    LAST_PASS.set_to_current_time()  # the real clock: health checks compare it with theirs
 
 
 def _observe_queues(settings: Settings) -> None:

@@ -37,6 +37,7 @@ def create_app(settings: Settings) -> Flask:
         log.warning("three.js is not installed (npm ci --prefix web); the 3D preview is off")
 
     from web.api import api
+    from web.health import health
     from web.pages import pages
 
     if settings.proxy_hops:  # the client's address as the proxies in front of us saw it
@@ -49,6 +50,7 @@ def create_app(settings: Settings) -> Flask:
     errors.register(app)  # before the CSRF check, which reads the whole upload
     csrf = CSRFProtect(app)
     csrf.exempt(api)
+    app.register_blueprint(health)  # /healthz, /readyz: no session, no key, no IP log
     app.register_blueprint(pages)
     app.register_blueprint(api, url_prefix="/api/v1")
     app.teardown_request(discard_unclaimed)
@@ -63,9 +65,5 @@ def create_app(settings: Settings) -> Flask:
         if not filename.startswith(("build/", "examples/jsm/")) or not filename.endswith(".js"):
             abort(404)
         return send_from_directory(THREE_DIR, filename, max_age=86400)
-
-    @app.get("/healthz")
-    def healthz():
-        return {"ok": True, "version": __version__}
 
     return app

@@ -25,6 +25,14 @@ def _job_response(description: str) -> dict:
         "schema": {"$ref": "#/components/schemas/Job"}}}}
 
 
+#: The health routes are served from the site's root, not under /api/v1.
+ROOT_SERVER = [{"url": "/"}]
+NO_STORE = {"Cache-Control": {"schema": {"type": "string", "const": "no-store"}}}
+READINESS = {"type": "object", "required": ["database", "redis"], "properties": {
+    "database": {"type": "string", "enum": ["ok", "unavailable"]},
+    "redis": {"type": "string", "enum": ["ok", "unavailable"]},
+    "error": {"type": "string", "description": "what is not ready, in words (no URLs)"}}}
+
 JOB_ID = {"name": "job_id", "in": "path", "required": True,
           "schema": {"type": "string", "minLength": 1, "maxLength": 64}}
 
@@ -89,6 +97,7 @@ def spec(settings: Settings) -> dict:
                 "Options": {"type": "object", "additionalProperties": False,
                             "properties": options},
                 "Job": job,
+                "Readiness": READINESS,
             },
         },
         "security": bearer,
@@ -98,6 +107,33 @@ def spec(settings: Settings) -> dict:
                 "summary": "This document (no key needed)",
                 "responses": {"200": {"description": "this document",
                                       "content": {"application/json": {}}}}}},
+            "/healthz": {
+                "servers": ROOT_SERVER,
+                "get": {
+                    "operationId": "liveness", "security": [], "tags": ["health"],
+                    "summary": "Liveness: the web process answers (checks nothing else)",
+                    "responses": {"200": {
+                        "description": "alive", "headers": NO_STORE,
+                        "content": {"application/json": {"schema": {
+                            "type": "object", "required": ["ok", "version"],
+                            "properties": {"ok": {"const": True},
+                                           "version": {"type": "string"}}}}}}}}},
+            "/readyz": {
+                "servers": ROOT_SERVER,
+                "get": {
+                    "operationId": "readiness", "security": [], "tags": ["health"],
+                    "summary": "Readiness: the database answers SELECT 1 and Redis answers "
+                               "PING, each within 2 s",
+                    "responses": {
+                        "200": {"description": "ready", "headers": NO_STORE,
+                                "content": {"application/json": {"schema": {
+                                    "$ref": "#/components/schemas/Readiness"}}}},
+                        "503": {"description": "not ready: which check failed, and why",
+                                "headers": {**NO_STORE, "Retry-After": {
+                                    "schema": {"type": "string"}}},
+                                "content": {"application/json": {"schema": {
+                                    "allOf": [{"$ref": "#/components/schemas/Readiness"},
+                                              {"required": ["error"]}]}}}}}}},
             "/jobs": {
                 "post": {
                     "operationId": "submitJob",

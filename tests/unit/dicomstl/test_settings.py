@@ -37,3 +37,12 @@ def test_boolean_and_list_settings(tmp_path):
                        "DICOMSTL_CALLBACK_ALLOWED_HOSTS": " Hooks.Clinic.local., 10.0.0.7,"})
     assert s.callback_hosts == {"hooks.clinic.local", "10.0.0.7"}
     assert oct((tmp_path / "d").stat().st_mode & 0o777) == "0o700"
+
+
+def test_settings_read_without_preparing_touch_nothing(tmp_path):
+    s = load_settings({"DICOMSTL_DATA_DIR": str(tmp_path / "d"), "DICOMSTL_PORT": "9000"},
+                      prepare=False)
+    assert s.port == 9000 and s.secret_key == "" and not (tmp_path / "d").exists()
+    key = load_settings({"DICOMSTL_DATA_DIR": str(tmp_path / "d"),
+                         "DICOMSTL_SECRET_KEY": "k"}, prepare=False).secret_key
+    assert key == "k" and not (tmp_path / "d").exists()
