@@ -15,7 +15,7 @@ WEBLIB := web/node_modules/.package-lock.json
 CHECKOV := $(VENV)/checkov/bin/checkov
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run sample test lint kernels bench tools clean lock images pin-images
+.PHONY: run sample test lint kernels bench bench-decimation tools clean lock images pin-images
 
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
@@ -77,6 +77,11 @@ bench: $(STAMP)
 	$(BIN)/python bench/convert.py $(SHARED)/ct-phantom-head-1mm --json bench/results/convert-cpu.json
 	$(BIN)/python bench/service.py --json bench/results/service-cpu.json
 	$(BIN)/python bench/scale.py --json bench/results/scale-cpu.json
+
+# Our decimation beside seven others on real series (installs them: about 1.5 GB).
+bench-decimation: $(STAMP)
+	$(BIN)/pip install -q -e '.[bench-decimation]'
+	$(BIN)/python bench/decimation.py --json bench/results/decimation.json
 
 # The images' pinned dependencies (deploy/requirements*.lock), from pyproject.toml.
 lock: $(STAMP)

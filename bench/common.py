@@ -20,6 +20,27 @@ def best_of(fn, repeat: int) -> tuple[float, object]:
     return min(times), result
 
 
+def median_of(fn, repeat: int) -> tuple[float, object]:
+    """Median seconds of ``repeat`` (at least 3) runs after one warm-up run, and the last
+    result."""
+    result = fn()
+    times = []
+    for _ in range(max(3, repeat)):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)), result
+
+
+def goal_row(term: str, seconds: float, goal_s: float, before_s: float | None = None) -> dict:
+    """One row of an issue's goal table, printed as it is measured."""
+    met = seconds <= goal_s
+    print(f"{term:<72} {seconds:8.3f} s  goal <= {goal_s:g} s  {'met' if met else 'NOT MET'}",
+          flush=True)
+    return {"term": term, "seconds": round(seconds, 4), "goal_s": goal_s, "met": met,
+            "before_s": before_s}
+
+
 def ct_like(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
     """CT-like int16 HU (K, J, I): air, a water-like ellipsoid, a bone shell, 25 HU noise."""
     rng = np.random.default_rng(seed)

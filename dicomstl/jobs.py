@@ -3,9 +3,11 @@
 States move ``uploaded → queued → running → done | failed → deleted``. A job is stored
 and queued in one step once its upload has arrived (or not at all, when Redis cannot be
 reached); a job waiting for the user to pick a series goes back to ``uploaded`` with
-``choices``. Each time the job is put on its queue anew it gets a new run number (its RQ
-entry is ``<id>_r<run>``), so a run given up for lost cannot overwrite the next; ``attempts``
-counts the runs a worker actually started and ``lost_runs`` those whose worker was lost.
+``choices``, and so does a job with the option ``preview`` once its threshold preview is
+made, until its owner picks a level (``choose_level``). Each time the job is put on its
+queue anew it gets a new run number (its RQ entry is ``<id>_r<run>``), so a run given up
+for lost cannot overwrite the next; ``attempts`` counts the runs a worker actually started
+and ``lost_runs`` those whose worker was lost.
 A job deleted while it runs stops at the worker's next stage. Every row holds its deletion
 deadline (``delete_after``): an upload's arrival + ``upload_ttl_s`` until it is converted,
 the longest the run may take while it runs, then the conversion's end + ``result_ttl_s``.
@@ -31,13 +33,16 @@ from dicomstl import queue as q
 from dicomstl import retention_policy as policy
 from dicomstl import storage
 from dicomstl.db import Job, session_scope, utcnow
-from dicomstl.options import STAGES
+from dicomstl.options import STAGES, parse_options
 from dicomstl.queue import QueueUnavailable
 from dicomstl.settings import Settings
 
 log = logging.getLogger(__name__)
 
 #: What a user sees when a worker died twice on the same job.
+#: What the job says while its threshold preview waits for a level.
+PREVIEW_MESSAGE = ("the threshold preview is ready: pick a level and convert at it (the "
+                   "preview and the upload are deleted at the deadline if you do not)")
 LOST_MESSAGE = ("the conversion stopped unexpectedly {n} times (the worker running it was "
                 "lost); it was not retried again. Try a smaller crop or --downsample, or "
                 "contact support with the job id.")
@@ -202,6 +207,34 @@ def choose_series(settings: Settings, job_id: str, owner: str, uid: str) -> Job:
     return enqueue(settings, job_id)
 
 
+def awaits_level(job: Job) -> bool:
+    """Whether the job's preview is made and it waits for its owner to pick a level."""
+    return job.state == "uploaded" and bool(job.options.get("preview")) and not job.choices
+
+
+def preview_pending(job: Job) -> bool:
+    """Whether the job will have a preview but has none yet (queued, running, or waiting for
+    a series to be chosen first)."""
+    return bool(job.options.get("preview")) and job.state in ("uploaded", "queued", "running") \
+        and not awaits_level(job)
+
+
+def choose_level(settings: Settings, job_id: str, owner: str, level: float) -> Job:
+    """Convert a job whose preview waits for a level, at ``level`` (the volume's units: HU
+    for CT), instead of its preset or level; JobConflict when it does not wait for one,
+    OptionsError for a level out of range."""
+    job = get_job(settings, job_id, owner)
+    if not awaits_level(job):
+        raise JobConflict("this job is not waiting for a level: a level is chosen after its "
+                          "preview (the option preview), once the preview is ready")
+    options = {k: v for k, v in job.options.items() if k not in ("preview", "preset", "level")}
+    options = parse_options({**options, "level": level})
+    with session_scope(settings.database_url) as session:
+        row = session.get(Job, job_id)
+        row.options = options
+    return enqueue(settings, job_id)
+
+
 def delete_job(settings: Settings, job_id: str, owner: str | None,
                message: str | None = None) -> Job:
     """Delete a job's files and queue entries now and mark it deleted (the row stays, without
@@ -350,6 +383,21 @@ def finish(settings: Settings, job_id: str, run: int, *, report: dict | None = N
         storage.delete_upload(settings, job_id)
     if job.callback_pending:
         queue_callback(settings, job_id)
+    return job
+
+
+def finish_preview(settings: Settings, job_id: str, run: int) -> Job | None:
+    """End run ``run`` after its threshold preview: the job waits (``uploaded``) for its
+    owner's level, keeping the upload and the preview until then or its deadline. A job
+    deleted meanwhile loses the preview too; a superseded run changes nothing."""
+    with session_scope(settings.database_url) as session:
+        job = session.get(Job, job_id, with_for_update=True)
+        if job is not None and job.state == "running" and job.run == run:
+            job.stage, job.heartbeat_at = None, None
+            job.state, job.message = "uploaded", PREVIEW_MESSAGE
+            return job
+    if job is None or job.state == "deleted":
+        storage.delete_job_files(settings, job_id)
     return job
 
 

@@ -44,8 +44,8 @@ FORMATS = ("stl", "stl-ascii", "3mf")
 #: The engines: ``auto`` is the GPU when one can be used, else the CPU.
 BACKENDS = ("auto", "cpu", "gpu")
 
-STAGES = ("read", "decode", "volume", "smooth", "islands", "surface", "decimate",
-          "mesh-smooth", "check", "write")
+STAGES = ("read", "decode", "volume", "smooth", "islands", "cavities", "surface", "decimate",
+          "mesh-smooth", "check", "printability", "write")
 
 #: The range of each number a user can set, (lowest, highest) with both ends allowed, and
 #: its unit. The ends keep a conversion within minutes on any real series: a 5 mm Gaussian
@@ -61,6 +61,10 @@ LIMITS: dict[str, tuple[float, float, str]] = {
     "max_triangles": (100, 50_000_000, "triangles"),
     "mesh_smooth": (0, 100, "iterations"),
     "gpu_memory_budget": (0, 2**50, "bytes"),
+    "min_wall_mm": (0.05, 20, "mm"),
+    "hollow_mm": (0, 50, "mm, 0: solid"),
+    "drain_holes": (0, 16, "holes"),
+    "drain_hole_mm": (0.5, 20, "mm"),
 }
 #: The most parts ``keep`` may name.
 MAX_KEEP = 10_000
@@ -85,6 +89,12 @@ class Options:
     format: str = "stl"
     backend: str = "auto"
     gpu_memory_budget: int = 0  # bytes on the GPU for one conversion; 0: 80% of what is free
+    min_wall_mm: float = 0.8  # the printability report's thin-wall threshold
+    fill_cavities: bool = False  # close internal voids before meshing
+    hollow_mm: float = 0.0  # wall thickness of a hollowed model; 0: solid
+    drain_holes: int = 0  # holes from the hollow's lowest points (-S) through its wall
+    drain_hole_mm: float = 3.0  # their diameter
+    printability: bool = True  # the printability report (the CLI's --no-printability)
 
     def validate(self) -> None:
         """Raise ConversionError for options that cannot work together or are out of range
@@ -108,6 +118,9 @@ class Options:
                                   f"to {MAX_KEEP:,}, not {self.keep!r}")
         if self.decimate is not None and self.max_triangles is not None:
             raise ConversionError("give either --decimate or --max-triangles, not both")
+        if self.drain_holes and not self.hollow_mm:
+            raise ConversionError("--drain-holes drains a hollowed model: give --hollow-mm "
+                                  "too (the wall thickness in mm)")
         if self.format not in FORMATS:
             raise ConversionError(f"unknown format {self.format!r}; choose one of "
                                   f"{', '.join(FORMATS)}")
@@ -150,10 +163,20 @@ OPTION_TYPES: dict[str, tuple[str, tuple[type, ...]]] = {
     "max_triangles": ("integer", (int,)),
     "mesh_smooth": ("integer", (int,)),
     "format": ("string", (str,)),
+    "min_wall_mm": ("number", (int, float)),
+    "fill_cavities": ("boolean", (bool,)),
+    "hollow_mm": ("number", (int, float)),
+    "drain_holes": ("integer", (int,)),
+    "drain_hole_mm": ("number", (int, float)),
+    "preview": ("boolean", (bool,)),
 }
+#: Options of the job, not of the engine: ``preview`` stops the job after the threshold
+#: preview, until its owner picks a level (``dicomstl.jobs.choose_level``).
+JOB_OPTIONS = ("preview",)
 
 
-_WORDS = {"string": "text", "number": "a number", "integer": "a whole number"}
+_WORDS = {"string": "text", "number": "a number", "integer": "a whole number",
+          "boolean": "true or false"}
 
 
 class OptionsError(ConversionError):
@@ -174,8 +197,10 @@ def parse_options(raw: Any) -> dict:
         if value is None or value == "":
             continue
         kind, types = OPTION_TYPES[name]
-        if isinstance(value, bool) or not isinstance(value, types):
+        if (kind != "boolean" and isinstance(value, bool)) or not isinstance(value, types):
             raise OptionsError(f"option {name!r} must be {_WORDS[kind]}")
+        if kind == "boolean" and not value:
+            continue  # false is the default
         if isinstance(value, float) and not math.isfinite(value):
             raise OptionsError(f"option {name!r} must be a finite number")
         if isinstance(value, str) and len(value) > 200:
@@ -192,7 +217,8 @@ def parse_options(raw: Any) -> dict:
 
 def to_pipeline(options: dict, backend: str = "auto", gpu_memory_budget: int = 0) -> Options:
     """The engine's Options for checked job options, with the server's engine settings."""
-    return Options(backend=backend, gpu_memory_budget=gpu_memory_budget, **options)
+    return Options(backend=backend, gpu_memory_budget=gpu_memory_budget,
+                   **{k: v for k, v in options.items() if k not in JOB_OPTIONS})
 
 
 def form_options(form: dict[str, str]) -> dict:
@@ -201,6 +227,9 @@ def form_options(form: dict[str, str]) -> dict:
     for name, (kind, _types) in OPTION_TYPES.items():
         text = (form.get(name) or "").strip()
         if not text:
+            continue
+        if kind == "boolean":  # a checkbox: sent when ticked
+            raw[name] = text.lower() in ("1", "on", "true", "yes")
             continue
         try:
             raw[name] = int(text) if kind == "integer" else float(text) if kind == "number" \

@@ -10,10 +10,40 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from dicomstl.errors import ConfigError
+
+#: Printer beds (x by y by z, mm) the printability report measures a model against: a small
+#: (Prusa MINI class), a common (MK4 class) and a large (350 mm cube class) printer.
+DEFAULT_PRINTER_BEDS = "180x180x180,250x210x210,350x350x350"
+
+
+def parse_beds(text: str) -> tuple[tuple[float, float, float], ...]:
+    """``"180x180x180,250x210x210"`` as ((180, 180, 180), (250, 210, 210)) mm; ConfigError
+    for anything else (three positive numbers per bed, comma-separated)."""
+    beds = []
+    for part in text.split(","):
+        try:
+            bed = tuple(float(x) for x in part.strip().lower().split("x"))
+        except ValueError:
+            bed = ()
+        if len(bed) != 3 or not all(0 < x < 1e5 for x in bed):
+            raise ConfigError(f"DICOMSTL_PRINTER_BEDS takes beds as WxDxH in mm, comma-"
+                              f"separated (e.g. {DEFAULT_PRINTER_BEDS}), not {text!r}")
+        beds.append(bed)
+    return tuple(beds)
+
+
+@dataclass(frozen=True)
+class PrintTargets:
+    """What the printability report compares a model with: printer beds (x, y, z mm) and
+    material densities (g/cm³; PLA filament, cured standard resin)."""
+
+    beds_mm: tuple[tuple[float, float, float], ...] = parse_beds(DEFAULT_PRINTER_BEDS)
+    densities_g_cm3: Mapping[str, float] = field(
+        default_factory=lambda: {"pla": 1.24, "resin": 1.10})
 
 
 @dataclass(frozen=True)
@@ -55,6 +85,22 @@ class Settings:
     proxy_hops: int = 0  # reverse proxies in front of the web app whose X-Forwarded-For counts
     backend: str = "auto"
     gpu_memory_budget: int = 0  # GPU memory one conversion may use; 0: 80% of what is free
+    printer_beds: str = DEFAULT_PRINTER_BEDS  # the printability report's beds, WxDxH mm
+    pla_density: float = 1.24  # g/cm³, for the report's material estimate
+    resin_density: float = 1.10  # g/cm³ (cured standard resin)
+
+    def __post_init__(self) -> None:
+        parse_beds(self.printer_beds)
+        for name in ("pla_density", "resin_density"):
+            if not 0 < getattr(self, name) < 100:
+                raise ConfigError(f"DICOMSTL_{name.upper()} must be a density in g/cm³ "
+                                  f"above 0, not {getattr(self, name)!r}")
+
+    @property
+    def print_targets(self) -> PrintTargets:
+        """The printability report's beds and densities."""
+        return PrintTargets(parse_beds(self.printer_beds),
+                            {"pla": self.pla_density, "resin": self.resin_density})
 
     @property
     def callback_hosts(self) -> frozenset[str]:

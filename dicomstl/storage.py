@@ -1,8 +1,10 @@
 """Where a job's files live, and how they are deleted.
 
 ``<data_dir>/jobs/<job id>/upload/`` holds the upload under numbered names (a user's file
-names can carry patient data, so they are never kept); ``result/`` holds the model, named
-only by the job id. Nothing else of a job is on disk. Everything is owner-only: folders
+names can carry patient data, so they are never kept); ``preview/`` the threshold preview
+(slice images of the upload: patient data too, so it lives and dies with the upload, under
+fixed names); ``result/`` holds the model, named only by the job id. Nothing else of a job
+is on disk. Everything is owner-only: folders
 0700, files 0600 (the service's processes also run with umask 077, ``private_umask``).
 """
 
@@ -23,6 +25,12 @@ def job_dir(settings: Settings, job_id: str) -> Path:
 
 def upload_dir(settings: Settings, job_id: str) -> Path:
     return job_dir(settings, job_id) / "upload"
+
+
+def preview_dir(settings: Settings, job_id: str) -> Path:
+    """The threshold preview (``preview.json``, ``axial.png``, ``coronal.png``,
+    ``sagittal.png``): deleted with the upload."""
+    return job_dir(settings, job_id) / "preview"
 
 
 def result_dir(settings: Settings, job_id: str) -> Path:
@@ -76,7 +84,9 @@ def make_result_dir(settings: Settings, job_id: str) -> Path:
 
 
 def delete_upload(settings: Settings, job_id: str) -> None:
+    """Remove the raw upload and the preview made from it."""
     shutil.rmtree(upload_dir(settings, job_id), ignore_errors=True)
+    shutil.rmtree(preview_dir(settings, job_id), ignore_errors=True)
 
 
 def delete_job_files(settings: Settings, job_id: str) -> None:

@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from dicomstl.options import Options
-from gpu_worker import kernel_cache
+from gpu_worker import decimation, kernel_cache
 from gpu_worker import mesh as meshops
 from gpu_worker import volume as vol
 from gpu_worker.geometry import Geometry
@@ -61,8 +61,8 @@ class CpuEngine:
         """Load the Numba kernels from the disk cache (compile them, the first time after an
         install) by running each on a tiny volume, for both volume types a conversion meets
         (int16 HU, float32 after smoothing or rescaling): marching cubes, the mesh checks
-        (which the GPU engine uses too) and STL packing. Seconds, and how many kernels were
-        compiled and how many loaded."""
+        (which the GPU engine uses too), STL packing and decimation. Seconds, and how many
+        kernels were compiled and how many loaded."""
         start = time.perf_counter()
         for dtype in (np.int16, np.float32):
             volume = np.zeros((6, 6, 6), dtype)
@@ -71,5 +71,6 @@ class CpuEngine:
             mesh = meshops.Mesh(index_mesh.vertices.astype(np.float32), index_mesh.faces)
             meshops.report(mesh)
             binary_stl_bytes(mesh)
+        decimation.warm_up()
         return {"seconds": round(time.perf_counter() - start, 3),
                 "kernels": kernel_cache.counts()}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections import defaultdict
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -51,7 +52,7 @@ def decode_series(found: Scan, stack: SeriesStack, time_point: int = 0) -> Decod
     def work(item: tuple[int, list[tuple[int, Frame]]]) -> None:
         nonlocal out
         source, members = item
-        array = _pixels(found.sources[source], found.datasets[source], members[0][1])
+        array = _pixels(found.sources[source], found.datasets, source, members[0][1])
         if out is None:
             out = np.empty(shape, dtype=array.dtype)
         if out is not None and not np.can_cast(array.dtype, out.dtype) and array.size and (
@@ -76,8 +77,11 @@ def decode_series(found: Scan, stack: SeriesStack, time_point: int = 0) -> Decod
                          notes)
 
 
-def _pixels(src: Source, ds, frame: Frame) -> np.ndarray:
-    """Decode one file's pixel data, turning decoder failures into a clear DecodeError."""
+def _pixels(src: Source, datasets: Sequence, index: int, frame: Frame) -> np.ndarray:
+    """Decode one file's pixel data, turning decoder failures into a clear DecodeError.
+
+    Uncompressed pixels are read from the file at ``frame.raw``; only other files need
+    their header (``datasets[index]``, read on first use for files the fast reader took)."""
     if frame.raw is not None and src.path is not None:
         offset, dtype = frame.raw
         array = np.fromfile(src.path, dtype=dtype, count=frame.rows * frame.cols, offset=offset)
@@ -86,6 +90,7 @@ def _pixels(src: Source, ds, frame: Frame) -> np.ndarray:
         raise DecodeError("a file of the series is truncated: its pixel data is shorter "
                           "than its header says")
     name = pydicom.uid.UID(frame.transfer_syntax).name if frame.transfer_syntax else "unknown"
+    ds = datasets[index]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -1,4 +1,5 @@
-"""Mesh stage: decimation, smoothing that keeps the volume, checks and the mesh report.
+"""Mesh stage: smoothing that keeps the volume, checks and the mesh report (decimation is in
+``decimation``).
 
 Meshes are indexed: float32 vertices in patient LPS millimetres, int32 faces wound
 counter-clockwise seen from outside (outward normals).
@@ -6,16 +7,12 @@ counter-clockwise seen from outside (outward normals).
 
 from __future__ import annotations
 
-import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
-import fast_simplification
 import numba
 import numpy as np
 from scipy import sparse
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -160,32 +157,48 @@ def topology(mesh: Mesh) -> Topology:
     direction; a mesh passes when every used vertex does. Only a mesh that fails is examined
     further, to count its open and non-manifold edges and pinched vertices.
     """
+    return _checked(mesh, measure=False)[0]
+
+
+def _checked(mesh: Mesh, measure: bool) -> tuple[Topology, tuple | None]:
+    """The topology, and with ``measure`` (centre, low and high corner, area, volume)."""
     nv = len(mesh.vertices)
     if len(mesh.faces) == 0:
-        return Topology(False, False, 0, 0, 0)
+        return Topology(False, False, 0, 0, 0), None
     faces = np.ascontiguousarray(mesh.faces, dtype=np.int32)
     if faces.min() < 0 or faces.max() >= nv:
         raise ValueError("a face refers to a vertex that does not exist")
-    # the union-find is sequential: it runs beside the fan check (both release the GIL)
+    vertices = np.ascontiguousarray(mesh.vertices)
+
+    def sequential_passes() -> tuple[int, tuple | None]:
+        parts = int(_count_parts(faces, nv))
+        if not measure:
+            return parts, None
+        centre, lo, hi = _centre_and_bounds(vertices)
+        return parts, (centre, lo, hi, *_area_and_volume(vertices, faces, centre))
+
+    # the sequential passes run beside the parallel fan check (all release the GIL)
     with ThreadPoolExecutor(1) as pool:
-        counted = pool.submit(_count_parts, faces, nv)
+        side = pool.submit(sequential_passes)
         faulty = _faulty_vertices(*_corners(faces, nv))
-        parts = int(counted.result())
+        parts, measures = side.result()
     if not faulty.any():
-        return Topology(True, True, parts, 0, 0)
+        return Topology(True, True, parts, 0, 0), measures
     boundary, non_manifold, oriented = _edge_faults(faces, nv)
     closed = boundary == 0 and non_manifold == 0
     # a vertex whose edges are all fine yet fails the fan walk is pinched
     pinched = int(faulty.sum()) if closed and oriented else 0
-    return Topology(closed, oriented and closed, parts, boundary, non_manifold, pinched)
+    return Topology(closed, oriented and closed, parts, boundary, non_manifold, pinched), measures
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True)
 def _area_and_volume(vertices, faces, centre):  # pragma: no cover - compiled
+    """Area (mm^2) and signed volume (mm^3) of the triangles, relative to ``centre``;
+    summed in face order, so the same mesh gives the same numbers on any machine."""
     area = 0.0
     volume = 0.0
     cx, cy, cz = centre[0], centre[1], centre[2]
-    for t in numba.prange(faces.shape[0]):
+    for t in range(faces.shape[0]):
         i, j, k = faces[t, 0], faces[t, 1], faces[t, 2]
         ax = np.float64(vertices[i, 0]) - cx
         ay = np.float64(vertices[i, 1]) - cy
@@ -239,45 +252,6 @@ def enclosed_volume_mm3(mesh: Mesh) -> float:
     return float(_measures(mesh)[1])
 
 
-def decimate(mesh: Mesh, ratio: float | None = None, max_triangles: int | None = None
-             ) -> tuple[Mesh, str | None]:
-    """Quadric edge-collapse decimation that keeps the mesh closed and oriented.
-
-    ratio : fraction of triangles to remove, in (0, 1); or max_triangles : a triangle budget.
-    First fast-simplification (Fast-Quadric-Mesh-Simplification, about 1 s per million
-    triangles); its collapses do not check the link condition and now and then pinch two
-    sheets into a non-manifold edge, so the result is checked. If it is not watertight, MeshLab's
-    quadric collapse with topology preservation runs instead (pymeshlab; about 15 s per
-    million triangles). If that fails too, the input is returned with a warning.
-    Returns the mesh and the warning (or None).
-    """
-    n = len(mesh.faces)
-    if max_triangles is not None:
-        ratio = max(0.0, 1.0 - max_triangles / n) if n else 0.0
-    if not ratio or ratio <= 0 or n < 100:
-        return mesh, None
-    target = max(4, round(n * (1.0 - ratio)))
-    verts, faces = fast_simplification.simplify(mesh.vertices, mesh.faces,
-                                                target_reduction=float(ratio))
-    out = Mesh(verts.astype(np.float32), faces.astype(np.int32))
-    if topology(out).watertight:
-        return out, None
-    log.info("fast decimation left a non-manifold edge; using topology-preserving decimation")
-    import pymeshlab  # large; loaded only for this fallback
-
-    meshset = pymeshlab.MeshSet()
-    meshset.add_mesh(pymeshlab.Mesh(mesh.vertices.astype(np.float64),
-                                    mesh.faces.astype(np.int32)))
-    meshset.meshing_decimation_quadric_edge_collapse(targetfacenum=target,
-                                                     preservetopology=True)
-    result = meshset.current_mesh()
-    out = Mesh(result.vertex_matrix().astype(np.float32),
-               result.face_matrix().astype(np.int32))
-    if topology(out).watertight:
-        return out, None
-    return mesh, "decimation could not keep the mesh closed; the model is not decimated"
-
-
 def taubin_smooth(mesh: Mesh, iterations: int = 10, lam: float = 0.5, mu: float = -0.53
                   ) -> Mesh:
     """Taubin lambda/mu smoothing: removes staircase noise without shrinking the model.
@@ -325,11 +299,11 @@ class MeshReport:
 
 def report(mesh: Mesh) -> MeshReport:
     """Triangles, vertices, area (mm^2), enclosed volume (cm^3), bounding box (mm), parts."""
-    topo = topology(mesh)
-    centre = lo = hi = np.zeros(3)
-    if len(mesh.vertices):
-        centre, lo, hi = _centre_and_bounds(np.ascontiguousarray(mesh.vertices))
-    area, volume = _measures(mesh, centre)
+    topo, measures = _checked(mesh, measure=True)
+    lo = hi = np.zeros(3)
+    area = volume = 0.0
+    if measures is not None:
+        _, lo, hi, area, volume = measures
     return MeshReport(
         triangles=len(mesh.faces), vertices=len(mesh.vertices),
         surface_area_mm2=round(float(area), 3), volume_cm3=round(float(volume) / 1000.0, 4),

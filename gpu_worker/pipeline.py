@@ -1,6 +1,6 @@
 """The conversion, stage by stage and timed:
-read -> decode -> volume -> smooth -> islands -> surface -> decimate -> mesh-smooth ->
-check -> write.
+read -> decode -> volume -> smooth -> islands -> cavities -> surface -> decimate ->
+mesh-smooth -> check -> printability -> write.
 
 Each stage is a function of :mod:`gpu_worker` with typed input and output, its arrays on the
 conversion's engine (``engines``); this module only strings them together, times them and
@@ -21,7 +21,8 @@ import numpy as np
 
 from dicomstl.errors import ConversionError
 from dicomstl.options import PRESETS, Options
-from gpu_worker import decode, dicom_headers
+from dicomstl.settings import PrintTargets
+from gpu_worker import decimation, decode, dicom_headers, hollow, printability
 from gpu_worker import mesh as meshops
 from gpu_worker import series as ser
 from gpu_worker import volume as vol
@@ -50,6 +51,7 @@ class Result:
     shape: tuple[int, int, int]
     timings_s: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    printability: printability.PrintReport | None = None
 
     def as_dict(self) -> dict:
         return {"output": self.output.name, "bytes": self.bytes_written,
@@ -57,7 +59,8 @@ class Result:
                 "level_source": self.level_source, "backend": self.backend,
                 "volume_shape_kji": list(self.shape),
                 "timings_s": {k: round(v, 4) for k, v in self.timings_s.items()},
-                "warnings": self.warnings}
+                "warnings": self.warnings,
+                "printability": self.printability.as_dict() if self.printability else None}
 
 
 class _Timer:
@@ -104,12 +107,13 @@ def choose_level(volume: vol.Volume, options: Options,
 
 def convert(inputs: Sequence[str | os.PathLike], output: str | os.PathLike,
             options: Options | None = None, progress: Progress | None = None,
-            engine: Engine | None = None) -> Result:
+            engine: Engine | None = None, targets: PrintTargets | None = None) -> Result:
     """Convert the DICOM series in ``inputs`` to a closed mesh written to ``output``.
 
     Vertices are in patient LPS millimetres. ``engine``: default, the one ``options.backend``
-    names. Raises ConversionError (a message for the user) for any problem with the input or
-    the options.
+    names. ``targets``: the printer beds and material densities of the printability report
+    (default: ``PrintTargets()``, the settings' defaults). Raises ConversionError (a message
+    for the user) for any problem with the input or the options.
     """
     options = options or Options()
     options.validate()
@@ -126,16 +130,16 @@ def convert(inputs: Sequence[str | os.PathLike], output: str | os.PathLike,
         decoded = decode.decode_series(found, stack, options.time_point)
     run = engine.for_volume(decoded.pixels.shape, options)
     try:
-        return _finish(decoded, stack, options, out, timer, run)
+        return _finish(decoded, stack, options, out, timer, run, targets or PrintTargets())
     except Exception as exc:
         fallback = run.fallback(exc)
         if fallback is None:
             raise
-    return _finish(decoded, stack, options, out, timer, fallback)
+    return _finish(decoded, stack, options, out, timer, fallback, targets or PrintTargets())
 
 
 def _finish(decoded: decode.DecodedSeries, stack: ser.SeriesStack, options: Options, out: Path,
-            timer: _Timer, engine: Engine) -> Result:
+            timer: _Timer, engine: Engine, targets: PrintTargets) -> Result:
     """The stages after decoding: volume, smooth, islands, surface, ..., write."""
     with timer.stage("volume"):
         # downsampling averages on the host: then the volume goes to the engine after it
@@ -157,12 +161,15 @@ def _finish(decoded: decode.DecodedSeries, stack: ser.SeriesStack, options: Opti
         data, _parts = engine.keep_parts(data, threshold, options.keep, options.min_part_mm3,
                                          volume.geometry.voxel_volume_mm3,
                                          drop_in_plane_border=invert)
+    warnings = list(volume.warnings)
+    with timer.stage("cavities"):
+        data, print_mask, changes = _solid_or_hollow(data, threshold, volume.geometry,
+                                                     options, engine, warnings)
     with timer.stage("surface"):
         mesh = engine.iso_surface(data, threshold, volume.geometry)
         del data
-    warnings = list(volume.warnings)
     with timer.stage("decimate"):
-        mesh, warning = meshops.decimate(mesh, options.decimate, options.max_triangles)
+        mesh, warning = decimation.decimate(mesh, options.decimate, options.max_triangles)
         if warning:
             warnings.append(warning)
     with timer.stage("mesh-smooth"):
@@ -172,9 +179,38 @@ def _finish(decoded: decode.DecodedSeries, stack: ser.SeriesStack, options: Opti
     if not report.watertight:  # a bug, never a user error: refuse to write a broken model
         raise RuntimeError(f"internal error: the mesh is not closed ({report.boundary_edges} "
                            f"open, {report.non_manifold_edges} non-manifold edges)")
+    with timer.stage("printability"):
+        printable = None
+        if print_mask is not None:
+            printable = printability.printability(print_mask, mesh, report,
+                                                  options.min_wall_mm, targets)
+            if changes is not None:
+                printable.solid_or_hollow = changes.as_dict(volume.geometry.voxel_volume_mm3)
     with timer.stage("write"):
         written = (write_bytes(engine.pack_stl(mesh), out) if options.format == "stl"
                    else write_mesh(mesh, out, options.format))
     return Result(output=out, bytes_written=written, report=report, series=stack.summary(),
                   level=level, level_source=level_source, backend=engine.name,
-                  shape=tuple(volume.data.shape), timings_s=timer.timings, warnings=warnings)
+                  shape=tuple(volume.data.shape), timings_s=timer.timings, warnings=warnings,
+                  printability=printable)
+
+
+def _solid_or_hollow(data, threshold: float, geometry, options: Options, engine: Engine,
+                     warnings: list[str]
+                     ) -> tuple[object, printability.PrintMask | None, hollow.Changes | None]:
+    """The "cavities" stage: fill voids, hollow, drain holes (``hollow``), on the host for
+    both engines; returns the engine's data, the final mask for the printability report
+    (None without the report) and what changed (None when the options keep the model as
+    it is)."""
+    changes = None
+    if not (options.printability or options.fill_cavities or options.hollow_mm > 0):
+        return data, None, None  # nothing to do on the host: the volume stays where it is
+    host = engine.to_host(data)
+    if options.fill_cavities or options.hollow_mm > 0:
+        host, changes = hollow.solid_or_hollow(host, threshold, geometry,
+                                               options.fill_cavities, options.hollow_mm,
+                                               options.drain_holes, options.drain_hole_mm)
+        warnings.extend(changes.notes or [])
+        data = engine.to_device(host)
+    mask = printability.print_mask(host >= threshold, geometry) if options.printability else None
+    return data, mask, changes

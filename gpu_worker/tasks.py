@@ -26,6 +26,7 @@ from dicomstl.errors import ConversionError, SeriesChoiceError
 from dicomstl.options import to_pipeline
 from dicomstl.settings import Settings
 from gpu_worker import metrics
+from gpu_worker import preview as threshold_preview
 from gpu_worker.engines import Engine, resolve_backend
 from gpu_worker.pipeline import convert
 
@@ -130,12 +131,18 @@ def _convert(settings: Settings, job, cancelled: threading.Event) -> tuple[str, 
         ended = jobs.finish(settings, job_id, run)  # deletes the files of a deleted job
         return ("deleted" if ended is None or ended.state == "deleted" else "stale"), None
 
+    pipeline_options = to_pipeline(job.options, settings.backend, settings.gpu_memory_budget)
     try:
+        if job.options.get("preview"):  # stop after the threshold preview, for a level
+            made = threshold_preview.make_preview([storage.upload_dir(settings, job_id)],
+                                                  pipeline_options, progress=progress)
+            threshold_preview.write(made, storage.make_private_dir(
+                storage.preview_dir(settings, job_id)))
+            ended = jobs.finish_preview(settings, job_id, run)
+            return (ended.state if ended else "deleted"), None
         storage.make_result_dir(settings, job_id)
-        result = convert([storage.upload_dir(settings, job_id)], output,
-                         to_pipeline(job.options, settings.backend,
-                                     settings.gpu_memory_budget), progress=progress,
-                         engine=engine)
+        result = convert([storage.upload_dir(settings, job_id)], output, pipeline_options,
+                         progress=progress, engine=engine, targets=settings.print_targets)
     except jobs.RunCancelled:
         return stopped()
     except Exception:

@@ -92,7 +92,8 @@ def _job_states(settings: Settings, job_ids: list[str]) -> dict[str, str]:
 
 def scan_files(settings: Settings, now: dt.datetime, counts: Counter) -> None:
     """Delete what no live job should have on disk: folders of deleted or unknown jobs, the
-    upload of a job whose conversion ended, a failed job's result, and stale upload parts."""
+    upload (and preview) of a job whose conversion ended, a failed job's result, and stale
+    upload parts."""
     entries = list(settings.jobs_dir.iterdir())
     states = _job_states(settings, [p.name for p in entries])
     for path in entries:
@@ -110,6 +111,8 @@ def scan_files(settings: Settings, now: dt.datetime, counts: Counter) -> None:
         if state in ENDED and upload.exists():
             shutil.rmtree(upload, ignore_errors=True)
             counts["upload"] += 1
+        if state in ENDED:  # the preview is made from the upload and goes with it
+            shutil.rmtree(storage.preview_dir(settings, path.name), ignore_errors=True)
         if state == "failed" and result.exists():
             shutil.rmtree(result, ignore_errors=True)
             counts["result"] += 1

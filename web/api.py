@@ -19,6 +19,7 @@ from dicomstl.options import parse_options
 from web.ip_log import logged_as
 from web.metrics import count_upload
 from web.openapi import spec
+from web.previews import no_store, preview_json, preview_png
 from web.results import send_result
 from web.uploads import file_digests, take_files
 
@@ -48,6 +49,9 @@ def _view(job) -> dict:
     view["links"] = {"self": url_for("api.get_job", job_id=job.id)}
     if job.state == "done":
         view["links"]["result"] = url_for("api.result", job_id=job.id)
+    if jobs.awaits_level(job):
+        view["links"]["preview"] = url_for("api.preview", job_id=job.id)
+        view["links"]["level"] = url_for("api.choose_level", job_id=job.id)
     return view
 
 
@@ -60,6 +64,14 @@ def _job(job_id: str):
 
 def _bad(message: str, code: int = 400):
     return {"error": message}, code
+
+
+@api.after_request
+def no_store_previews(response):
+    """Preview answers are never cached, errors included (``web.previews``)."""
+    if request.endpoint in ("api.preview", "api.preview_slice"):
+        no_store(response)
+    return response
 
 
 @api.get("/openapi.json")
@@ -149,4 +161,34 @@ def choose(job_id: str):
                                  body["series"])
     except jobs.JobConflict as exc:
         return _bad(str(exc), 409)
+    return _view(job)
+
+
+@api.get("/jobs/<job_id>/preview")
+@logged_as("api")
+def preview(job_id: str):
+    return preview_json(current_app.config["SETTINGS"], _job(job_id), lambda plane: url_for(
+        "api.preview_slice", job_id=job_id, plane=plane))
+
+
+@api.get("/jobs/<job_id>/preview/<plane>.png")
+@logged_as("api")
+def preview_slice(job_id: str, plane: str):
+    return preview_png(current_app.config["SETTINGS"], _job(job_id), plane)
+
+
+@api.post("/jobs/<job_id>/level")
+@logged_as("api")
+def choose_level(job_id: str):
+    _job(job_id)
+    body = request.get_json(silent=True)
+    level = body.get("level") if isinstance(body, dict) else None
+    if isinstance(level, bool) or not isinstance(level, (int, float)):
+        return _bad('send {"level": <number: HU for CT, stored units for MR>}')
+    try:
+        job = jobs.choose_level(current_app.config["SETTINGS"], job_id, g.owner, level)
+    except jobs.JobConflict as exc:
+        return _bad(str(exc), 409)
+    except ConversionError as exc:
+        return _bad(str(exc))
     return _view(job)

@@ -35,6 +35,50 @@ READINESS = {"type": "object", "required": ["database", "redis"], "properties": 
 
 JOB_ID = {"name": "job_id", "in": "path", "required": True,
           "schema": {"type": "string", "minLength": 1, "maxLength": 64}}
+PLANE = {"name": "plane", "in": "path", "required": True,
+         "schema": {"type": "string", "enum": ["axial", "coronal", "sagittal"]}}
+
+
+def _no_store_error(description: str) -> dict:
+    return {**_error(description), "headers": NO_STORE}
+
+
+#: The threshold preview (``gpu_worker/preview.py`` makes it; ``web/previews.py`` sends it).
+PREVIEW = {
+    "type": "object",
+    "required": ["series", "units", "histogram", "levels", "default_level", "window", "slices"],
+    "properties": {
+        "series": {"type": "string", "description": "the previewed series' uid"},
+        "modality": {"type": "string"},
+        "units": {"type": "string", "enum": ["HU", "stored"]},
+        "volume_shape_kji": {"type": "array", "items": {"type": "integer"}},
+        "histogram": {"type": "object", "required": ["edges", "counts"], "properties": {
+            "edges": {"type": "array", "items": {"type": "number"},
+                      "description": "bin edges (one more than counts), in the units"},
+            "counts": {"type": "array", "items": {"type": "integer"},
+                       "description": "voxels per bin [edge, next edge)"}}},
+        "levels": {"type": "array", "description": "the presets (CT only: they are in HU)",
+                   "items": {"type": "object", "properties": {
+                       "name": {"type": "string"}, "level": {"type": "number"},
+                       "invert": {"type": "boolean"}}}},
+        "default_level": {"type": "number",
+                          "description": "the level used without a preset or level"},
+        "window": {"type": "array", "items": {"type": "number"},
+                   "description": "the values shown black and white in the PNGs"},
+        "centre_lps_mm": {"type": "array", "items": {"type": "number"}},
+        "slices": {"type": "array", "items": {"type": "object", "properties": {
+            "plane": {"type": "string"}, "url": {"type": "string"},
+            "width": {"type": "integer"}, "height": {"type": "integer"},
+            "pixel_mm": {"type": "number"},
+            "right_lps": {"type": "array", "items": {"type": "number"},
+                          "description": "the LPS direction of the image's +x (right)"},
+            "down_lps": {"type": "array", "items": {"type": "number"},
+                         "description": "the LPS direction of the image's +y (down)"},
+            "values": {"type": "object", "description": "the raw values on a grid of at "
+                       "most 256 per side covering the same area (base64, little-endian "
+                       "dtype), to overlay value >= level"}}}},
+    },
+}
 
 
 @cache
@@ -48,6 +92,9 @@ def spec(settings: Settings) -> dict:
     options["decimate"]["exclusiveMaximum"] = options["decimate"].pop("maximum")
     options["preset"]["enum"] = list(PRESETS)
     options["format"]["enum"] = list(FORMATS)
+    options["preview"]["description"] = ("stop after the threshold preview (GET "
+                                         "/jobs/{id}/preview) until a level is chosen "
+                                         "(POST /jobs/{id}/level)")
     options["keep"].update(pattern=r"^(all|largest|[1-9][0-9]{0,3}|10000)$",  # 1…MAX_KEEP
                            description=f"all, largest, or the N largest parts (N ≤ {MAX_KEEP})")
     job = {
@@ -75,7 +122,9 @@ def spec(settings: Settings) -> dict:
             "choices": {"type": ["array", "null"], "items": {"type": "object"},
                         "description": "series to pick from (state uploaded)"},
             "report": {"type": ["object", "null"],
-                       "description": "mesh report: triangles, area mm², volume mm³, bbox"},
+                       "description": "mesh report (triangles, area mm², volume cm³, "
+                                      "bbox) and printability (walls mm, shells, voids "
+                                      "mm³, printer bed fit, material cm³ and g)"},
             "upload": {"type": "object"},
             "result_bytes": _nullable("integer"),
             "links": {"type": "object"},
@@ -98,6 +147,7 @@ def spec(settings: Settings) -> dict:
                             "properties": options},
                 "Job": job,
                 "Readiness": READINESS,
+                "Preview": PREVIEW,
             },
         },
         "security": bearer,
@@ -223,6 +273,50 @@ def spec(settings: Settings) -> dict:
                                        "401": _error("no valid API key"),
                                        "404": _error("no such job for this key"),
                                        "409": _error("not waiting for a choice")}},
+            },
+            "/jobs/{job_id}/preview": {
+                "parameters": [JOB_ID],
+                "get": {"operationId": "getPreview",
+                        "summary": "The threshold preview: histogram, preset levels, slices",
+                        "description": "For a job submitted with the option preview, once "
+                                       "its state is uploaded. Slice images are patient "
+                                       "data: never cached, deleted with the upload.",
+                        "responses": {
+                            "200": {"description": "the preview", "headers": NO_STORE,
+                                    "content": {"application/json": {"schema": {
+                                        "$ref": "#/components/schemas/Preview"}}}},
+                            "401": _error("no valid API key"),
+                            "404": _no_store_error("no such job, or it has no preview"),
+                            "409": _no_store_error("the preview is not ready yet")}},
+            },
+            "/jobs/{job_id}/preview/{plane}.png": {
+                "parameters": [JOB_ID, PLANE],
+                "get": {"operationId": "getPreviewSlice",
+                        "summary": "A slice of the preview (axial, coronal or sagittal) as "
+                                   "an 8-bit greyscale PNG",
+                        "responses": {
+                            "200": {"description": "the slice", "headers": NO_STORE,
+                                    "content": {"image/png": {}}},
+                            "401": _error("no valid API key"),
+                            "404": _no_store_error("no such job, plane or preview"),
+                            "409": _no_store_error("the preview is not ready yet")}},
+            },
+            "/jobs/{job_id}/level": {
+                "parameters": [JOB_ID],
+                "post": {"operationId": "chooseLevel",
+                         "summary": "Convert a previewed job at this level",
+                         "description": "HU for CT, stored units for MR; replaces the "
+                                        "job's preset or level.",
+                         "requestBody": {"required": True, "content": {"application/json": {
+                             "schema": {"type": "object", "required": ["level"],
+                                        "properties": {"level": {
+                                            "type": "number", "minimum": LIMITS["level"][0],
+                                            "maximum": LIMITS["level"][1]}}}}}},
+                         "responses": {"200": _job_response("queued at that level"),
+                                       "400": _error("no level, or out of range"),
+                                       "401": _error("no valid API key"),
+                                       "404": _error("no such job for this key"),
+                                       "409": _error("not waiting for a level")}},
             },
         },
     }

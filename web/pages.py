@@ -32,6 +32,7 @@ from web.errors import answer, wants_json
 from web.ip_log import logged_as
 from web.metrics import count_upload
 from web.openapi import spec
+from web.previews import no_store, preview_json, preview_png
 from web.results import send_result
 from web.uploads import take_files
 
@@ -66,6 +67,14 @@ def _job(job_id: str):
         return jobs.get_job(_settings(), job_id, owner)
     except jobs.JobNotFound:
         abort(404, "no such job (it may have been deleted)")
+
+
+@pages.after_request
+def no_store_previews(response):
+    """Preview answers are never cached, errors included (``web.previews``)."""
+    if request.endpoint in ("pages.threshold_preview", "pages.threshold_slice"):
+        no_store(response)
+    return response
 
 
 @pages.get("/")
@@ -106,8 +115,10 @@ def upload():
 @pages.get("/jobs/<job_id>")
 def job_page(job_id: str):
     job = _job(job_id)
-    return render_template("job.html", job=public_view(job), stages=STAGES,
-                           preview=current_app.config["PREVIEW_AVAILABLE"])
+    page = render_template("job.html", job=public_view(job), stages=STAGES,
+                           preview=current_app.config["PREVIEW_AVAILABLE"],
+                           awaits_level=jobs.awaits_level(job), limits=LIMITS)
+    return no_store(current_app.make_response(page)) if jobs.awaits_level(job) else page
 
 
 @pages.get("/jobs/<job_id>/status")
@@ -120,6 +131,34 @@ def choose(job_id: str):
     _job(job_id)
     try:
         jobs.choose_series(_settings(), job_id, _owner(), request.form.get("series", ""))
+    except jobs.JobConflict as exc:
+        abort(409, str(exc))
+    return redirect(url_for("pages.job_page", job_id=job_id), 303)
+
+
+@pages.get("/jobs/<job_id>/preview")
+def threshold_preview(job_id: str):
+    """The threshold preview's JSON (histogram, levels, slices with their URLs)."""
+    return preview_json(_settings(), _job(job_id), lambda plane: url_for(
+        "pages.threshold_slice", job_id=job_id, plane=plane))
+
+
+@pages.get("/jobs/<job_id>/preview/<plane>.png")
+def threshold_slice(job_id: str, plane: str):
+    return preview_png(_settings(), _job(job_id), plane)
+
+
+@pages.post("/jobs/<job_id>/level")
+def choose_level(job_id: str):
+    """"Convert at this level": queue the job again with the level from the form."""
+    _job(job_id)
+    try:
+        level = float(request.form.get("level", ""))
+        jobs.choose_level(_settings(), job_id, _owner(), level)
+    except ValueError:
+        return answer(400, "the level must be a number (HU for CT, stored units for MR)")
+    except ConversionError as exc:
+        return answer(400, str(exc))
     except jobs.JobConflict as exc:
         abort(409, str(exc))
     return redirect(url_for("pages.job_page", job_id=job_id), 303)

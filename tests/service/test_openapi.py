@@ -37,4 +37,6 @@ def test_api_conforms_to_its_openapi_document(app, api_key):
         checked.append(operation.label)
     assert set(checked) >= {"POST /jobs", "GET /jobs", "GET /jobs/{job_id}",
                             "DELETE /jobs/{job_id}", "GET /jobs/{job_id}/result",
-                            "POST /jobs/{job_id}/series", "GET /healthz", "GET /readyz"}, checked
+                            "POST /jobs/{job_id}/series", "GET /healthz", "GET /readyz",
+                            "GET /jobs/{job_id}/preview", "GET /jobs/{job_id}/preview/{plane}.png",
+                            "POST /jobs/{job_id}/level"}, checked

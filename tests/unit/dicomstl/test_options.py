@@ -33,3 +33,36 @@ def test_the_gpu_memory_budget_goes_from_the_settings_to_the_pipeline(tmp_path):
     assert options.gpu_memory_budget == 6 * 2**30 and options.level == 300
     with pytest.raises(Exception, match="GPU memory budget cannot be negative"):
         Options(gpu_memory_budget=-1).validate()
+
+
+def test_preview_is_a_job_option_not_an_engine_one():
+    from dicomstl.options import to_pipeline
+
+    assert parse_options({"preview": True, "preset": "bone"}) == {"preview": True,
+                                                                  "preset": "bone"}
+    assert parse_options({"preview": False}) == {}  # false is the default
+    with pytest.raises(OptionsError, match="true or false"):
+        parse_options({"preview": 1})
+    assert form_options({"preview": "1"}) == {"preview": True}
+    assert form_options({"preview": ""}) == {}
+    assert not hasattr(to_pipeline({"preview": True, "level": 5}), "preview")
+
+
+def test_print_options_in_json_and_the_form():
+    from dicomstl.options import Options, to_pipeline
+
+    options = parse_options({"fill_cavities": True, "hollow_mm": 2, "drain_holes": 2,
+                             "drain_hole_mm": 4.5, "min_wall_mm": 1})
+    engine = to_pipeline(options)
+    assert (engine.fill_cavities, engine.hollow_mm, engine.drain_holes, engine.drain_hole_mm,
+            engine.min_wall_mm) == (True, 2, 2, 4.5, 1)
+    assert Options().min_wall_mm == 0.8 and Options().drain_hole_mm == 3.0
+    assert form_options({"fill_cavities": "1", "hollow_mm": "1.5", "drain_holes": ""}) == {
+        "fill_cavities": True, "hollow_mm": 1.5}
+    for bad, text in [({"drain_holes": 2}, "--drain-holes drains a hollowed model"),
+                      ({"hollow_mm": 60}, r"hollow_mm \(--hollow-mm\) must be from 0 to 50"),
+                      ({"drain_hole_mm": 0.1}, "drain_hole_mm"),
+                      ({"min_wall_mm": 0}, "min_wall_mm"),
+                      ({"fill_cavities": "yes"}, "true or false")]:
+        with pytest.raises(OptionsError, match=text):
+            parse_options(bad)

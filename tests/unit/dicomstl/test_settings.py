@@ -46,3 +46,18 @@ def test_settings_read_without_preparing_touch_nothing(tmp_path):
     key = load_settings({"DICOMSTL_DATA_DIR": str(tmp_path / "d"),
                          "DICOMSTL_SECRET_KEY": "k"}, prepare=False).secret_key
     assert key == "k" and not (tmp_path / "d").exists()
+
+
+def test_printer_beds_and_densities(tmp_path):
+    from dicomstl.settings import PrintTargets
+
+    env = {"DICOMSTL_DATA_DIR": str(tmp_path)}
+    assert load_settings(env).print_targets == PrintTargets()
+    targets = load_settings({**env, "DICOMSTL_PRINTER_BEDS": "120x120x100, 300X300X400",
+                             "DICOMSTL_RESIN_DENSITY": "1.2"}).print_targets
+    assert targets.beds_mm == ((120, 120, 100), (300, 300, 400))
+    assert targets.densities_g_cm3 == {"pla": 1.24, "resin": 1.2}
+    for name, value in (("PRINTER_BEDS", "120x120"), ("PRINTER_BEDS", "axbxc"),
+                        ("PRINTER_BEDS", "0x10x10"), ("PLA_DENSITY", "0")):
+        with pytest.raises(ConfigError, match=f"DICOMSTL_{name}"):
+            load_settings({**env, f"DICOMSTL_{name}": value})

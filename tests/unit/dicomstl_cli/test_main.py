@@ -101,8 +101,8 @@ def test_console_script_runs_in_a_fresh_process(series, tmp_path):
     assert out.read_bytes()[:2] == b"PK"
     # not a terminal: one line per stage, in order, and no redraws (no carriage returns)
     stages = [line.split()[0] for line in run.stderr.splitlines() if " done in " in line]
-    assert stages == ["read", "decode", "volume", "smooth", "islands", "surface", "decimate",
-                      "mesh-smooth", "check", "write"]
+    assert stages == ["read", "decode", "volume", "smooth", "islands", "cavities", "surface",
+                      "decimate", "mesh-smooth", "check", "printability", "write"]
     assert "\r" not in run.stderr and "\x1b[" not in run.stderr
     assert "Numba kernels" in run.stdout  # the warm-up says what compiled
 

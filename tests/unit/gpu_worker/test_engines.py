@@ -48,11 +48,11 @@ def test_a_gpu_out_of_memory_error_converts_on_the_cpu(monkeypatch, tmp_path, ca
     calls = []
     real_finish = pipeline._finish
 
-    def finish(decoded, stack, options, out, timer, engine):
+    def finish(decoded, stack, options, out, timer, engine, *rest):
         calls.append(engine.name)
         if engine.name == "gpu":
             raise OutOfMemoryError("Out of memory allocating 4,294,967,296 bytes")
-        return real_finish(decoded, stack, options, out, timer, engine)
+        return real_finish(decoded, stack, options, out, timer, engine, *rest)
 
     monkeypatch.setattr(pipeline, "_finish", finish)
     gpu = _no_device_gpu_engine(monkeypatch)
@@ -69,7 +69,7 @@ def test_a_gpu_out_of_memory_error_converts_on_the_cpu(monkeypatch, tmp_path, ca
 def test_other_gpu_errors_are_not_hidden_by_the_fallback(monkeypatch, tmp_path):
     from gpu_worker import pipeline
 
-    def finish(decoded, stack, options, out, timer, engine):
+    def finish(decoded, stack, options, out, timer, engine, *rest):
         raise ValueError("a bug")
 
     monkeypatch.setattr(pipeline, "_finish", finish)

@@ -1,4 +1,4 @@
-"""Decimation, smoothing, topology checks and the report."""
+"""Smoothing, topology checks and the report."""
 
 import numpy as np
 import pytest
@@ -44,17 +44,6 @@ def test_topology_detects_holes_flips_and_non_manifold_edges():
     assert t.closed and not t.oriented
     doubled = M.Mesh(cube.vertices, np.vstack([cube.faces, cube.faces[:1]]))
     assert M.topology(doubled).non_manifold_edges == 3 and not M.topology(doubled).closed
-
-
-def test_decimate_to_a_budget_keeps_the_mesh_closed_and_its_volume():
-    mesh = sphere_mesh()
-    out, warning = M.decimate(mesh, max_triangles=1000)
-    assert warning is None
-    assert 900 <= len(out.faces) <= 1000
-    assert edge_check(out.faces, len(out.vertices)) == (True, True)
-    assert M.enclosed_volume_mm3(out) == pytest.approx(M.enclosed_volume_mm3(mesh), rel=0.02)
-    same, _ = M.decimate(mesh, ratio=0.0)
-    assert same is mesh
 
 
 def test_taubin_smoothing_keeps_topology_and_does_not_shrink():
