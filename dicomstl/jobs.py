@@ -39,10 +39,10 @@ from dicomstl.settings import Settings
 
 log = logging.getLogger(__name__)
 
-#: What a user sees when a worker died twice on the same job.
 #: What the job says while its threshold preview waits for a level.
 PREVIEW_MESSAGE = ("the threshold preview is ready: pick a level and convert at it (the "
                    "preview and the upload are deleted at the deadline if you do not)")
+#: What a user sees when a worker died twice on the same job.
 LOST_MESSAGE = ("the conversion stopped unexpectedly {n} times (the worker running it was "
                 "lost); it was not retried again. Try a smaller crop or --downsample, or "
                 "contact support with the job id.")
