@@ -16,6 +16,8 @@ check options without loading them.
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,6 +70,109 @@ LIMITS: dict[str, tuple[float, float, str]] = {
 }
 #: The most parts ``keep`` may name.
 MAX_KEEP = 10_000
+#: The most segments one job may have (each is a mesh of its own: a stage loop each).
+MAX_SEGMENTS = 16
+#: A segment's name: it names the 3MF object and the STL in the zip, so it is kept to
+#: characters that are safe in a file name.
+SEGMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,39}")
+_COLOR = re.compile(r"#[0-9a-fA-F]{6}")
+#: The colours of segments that name none, in turn.
+SEGMENT_COLORS = ("#e8dcc0", "#d99c7a", "#c0504d", "#4f81bd", "#9bbb59", "#8064a2",
+                  "#f79646", "#4bacc6")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One mesh of a multi-segment job: a preset, a level (inside: value >= level) or a band
+    (``level <= value < level2``), in the volume's units (HU for CT); ``color`` "#rrggbb"."""
+
+    name: str
+    preset: str | None = None
+    level: float | None = None
+    level2: float | None = None
+    color: str | None = None
+
+    def validate(self) -> None:
+        """Raise ConversionError for a name, threshold or colour that cannot work."""
+        where = f"segment {self.name!r}"
+        if not isinstance(self.name, str) or not SEGMENT_NAME.fullmatch(self.name):
+            raise ConversionError(f"a segment name is 1 to 40 letters, digits, '_', '-' or "
+                                  f"'.', starting with a letter or digit, not {self.name!r}")
+        if (self.preset is None) == (self.level is None):
+            raise ConversionError(f"{where}: give either a preset or a level")
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ConversionError(f"{where}: unknown preset {self.preset!r}; choose one of "
+                                  f"{', '.join(PRESETS)}")
+        if self.level2 is not None and self.level is None:
+            raise ConversionError(f"{where}: a band needs two levels, LEVEL:LEVEL2")
+        low, high, unit = LIMITS["level"]
+        for value in (self.level, self.level2):
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not math.isfinite(value) or not low <= value <= high:
+                raise ConversionError(f"{where}: a level must be a finite number from "
+                                      f"{low:,.12g} to {high:,.12g} ({unit})")
+        if self.level2 is not None and not self.level2 > self.level:
+            raise ConversionError(f"{where}: the band LEVEL:LEVEL2 needs LEVEL2 above LEVEL")
+        if self.color is not None and (not isinstance(self.color, str)
+                                       or not _COLOR.fullmatch(self.color)):
+            raise ConversionError(f"{where}: a colour is #rrggbb, not {self.color!r}")
+
+    def color_or_default(self, index: int) -> str:
+        """The segment's colour, or the palette's ``index``-th."""
+        return (self.color or SEGMENT_COLORS[index % len(SEGMENT_COLORS)]).lower()
+
+    def as_dict(self) -> dict:
+        """The JSON object the API takes (defaults left out)."""
+        return {k: v for k, v in (("name", self.name), ("preset", self.preset),
+                                  ("level", self.level), ("level2", self.level2),
+                                  ("color", self.color)) if v is not None}
+
+
+def parse_segment(text: str) -> Segment:
+    """A segment from ``NAME=PRESET|LEVEL[:LEVEL2][,color=#rrggbb]`` (the command line's
+    ``--segment``); raises ConversionError."""
+    name, eq, rest = text.partition("=")
+    spec, _comma, extra = rest.partition(",")
+    name, spec = name.strip(), spec.strip()
+    if not eq or not spec:
+        raise ConversionError(f"--segment takes NAME=PRESET|LEVEL[:LEVEL2][,color=#rrggbb], "
+                              f"not {text!r}")
+    color = None
+    if extra:
+        key, _eq, value = extra.partition("=")
+        if key.strip() != "color":
+            raise ConversionError(f"segment {name!r}: unknown setting {key.strip()!r} "
+                                  f"(only color=#rrggbb)")
+        color = value.strip()
+    if spec in PRESETS:
+        segment = Segment(name, preset=spec, color=color)
+    else:
+        first, colon, second = spec.partition(":")
+        try:
+            level = float(first)
+            level2 = float(second) if colon else None
+        except ValueError:
+            raise ConversionError(f"segment {name!r}: {spec!r} is neither a preset ("
+                                  f"{', '.join(PRESETS)}) nor LEVEL[:LEVEL2]") from None
+        segment = Segment(name, level=level, level2=level2, color=color)
+    segment.validate()
+    return segment
+
+
+def check_segments(segments) -> None:
+    """Raise ConversionError unless ``segments`` are at most MAX_SEGMENTS valid segments with
+    different names."""
+    if len(segments) > MAX_SEGMENTS:
+        raise ConversionError(f"at most {MAX_SEGMENTS} segments, not {len(segments)}")
+    names = set()
+    for segment in segments:
+        segment.validate()
+        if segment.name.lower() in names:
+            raise ConversionError(f"two segments are named {segment.name!r}: each needs a "
+                                  "name of its own")
+        names.add(segment.name.lower())
 
 
 @dataclass
@@ -95,6 +200,8 @@ class Options:
     drain_holes: int = 0  # holes from the hollow's lowest points (-S) through its wall
     drain_hole_mm: float = 3.0  # their diameter
     printability: bool = True  # the printability report (the CLI's --no-printability)
+    segments: tuple[Segment, ...] = ()  # several meshes, each its own threshold
+
 
     def validate(self) -> None:
         """Raise ConversionError for options that cannot work together or are out of range
@@ -124,6 +231,11 @@ class Options:
         if self.format not in FORMATS:
             raise ConversionError(f"unknown format {self.format!r}; choose one of "
                                   f"{', '.join(FORMATS)}")
+        if self.segments:
+            if self.preset is not None or self.level is not None:
+                raise ConversionError("give either segments (--segment) or a preset or level "
+                                      "(each segment has its own), not both")
+            check_segments(self.segments)
 
 
 def _named(name: str) -> str:
@@ -168,6 +280,7 @@ OPTION_TYPES: dict[str, tuple[str, tuple[type, ...]]] = {
     "hollow_mm": ("number", (int, float)),
     "drain_holes": ("integer", (int,)),
     "drain_hole_mm": ("number", (int, float)),
+    "segments": ("array", (list,)),
     "preview": ("boolean", (bool,)),
 }
 #: Options of the job, not of the engine: ``preview`` stops the job after the threshold
@@ -176,7 +289,10 @@ JOB_OPTIONS = ("preview",)
 
 
 _WORDS = {"string": "text", "number": "a number", "integer": "a whole number",
-          "boolean": "true or false"}
+          "boolean": "true or false",
+          "array": "a list of segments, each an object with a name and a preset or level"}
+#: The fields of a segment in the API's JSON.
+SEGMENT_FIELDS = ("name", "preset", "level", "level2", "color")
 
 
 class OptionsError(ConversionError):
@@ -207,6 +323,10 @@ def parse_options(raw: Any) -> dict:
             raise OptionsError(f"option {name!r} is too long")
         if kind == "integer" and abs(value) > 2**31:
             raise OptionsError(f"option {name!r} is out of range")
+        if kind == "array":
+            value = [_json_segment(item) for item in value[:MAX_SEGMENTS + 1]]
+            if not value:
+                continue
         options[name] = value
     try:
         to_pipeline(options).validate()
@@ -215,16 +335,52 @@ def parse_options(raw: Any) -> dict:
     return options
 
 
+def _json_segment(item: Any) -> dict:
+    """A segment of the API's JSON, its fields' types checked (their values: by Options)."""
+    if not isinstance(item, dict):
+        raise OptionsError(f"option 'segments' must be {_WORDS['array']}")
+    unknown = sorted(set(item) - set(SEGMENT_FIELDS))
+    if unknown:
+        raise OptionsError(f"unknown segment field {unknown[0]!r}; known: "
+                           f"{', '.join(SEGMENT_FIELDS)}")
+    for key, value in item.items():
+        number = key in ("level", "level2")
+        if value is not None and (isinstance(value, bool) or not isinstance(
+                value, (int, float) if number else str)):
+            raise OptionsError(f"segment field {key!r} must be "
+                               f"{'a number' if number else 'text'}")
+        if isinstance(value, str) and len(value) > 200:
+            raise OptionsError(f"segment field {key!r} is too long")
+    if not isinstance(item.get("name"), str):
+        raise OptionsError("each segment needs a name")
+    return {k: v for k, v in item.items() if v is not None and v != ""}
+
+
+def result_format(options: dict) -> str:
+    """The result file's format for a job's options: ``zip`` (one STL per segment) for
+    segments written as STL, else the format."""
+    fmt = options.get("format", "stl")
+    return "zip" if options.get("segments") and fmt != "3mf" else fmt
+
+
 def to_pipeline(options: dict, backend: str = "auto", gpu_memory_budget: int = 0) -> Options:
     """The engine's Options for checked job options, with the server's engine settings."""
-    return Options(backend=backend, gpu_memory_budget=gpu_memory_budget,
-                   **{k: v for k, v in options.items() if k not in JOB_OPTIONS})
+    values = {k: v for k, v in options.items() if k not in JOB_OPTIONS}
+    if "segments" in values:
+        values["segments"] = tuple(Segment(**item) for item in values["segments"])
+    return Options(backend=backend, gpu_memory_budget=gpu_memory_budget, **values)
 
 
-def form_options(form: dict[str, str]) -> dict:
-    """Options from an HTML form's text fields (empty fields mean the default)."""
+def form_options(form: dict[str, str],
+                 segments: Sequence[tuple[str, str, str]] = ()) -> dict:
+    """Options from an HTML form's text fields (empty fields mean the default) and its
+    segment rows (name, ``PRESET|LEVEL[:LEVEL2]``, colour; rows without a name and a
+    threshold are skipped: a colour picker always sends a colour)."""
+    segments = [row for row in segments if row[0].strip() or row[1].strip()]
     raw: dict[str, Any] = {}
     for name, (kind, _types) in OPTION_TYPES.items():
+        if kind == "array":
+            continue
         text = (form.get(name) or "").strip()
         if not text:
             continue
@@ -236,4 +392,16 @@ def form_options(form: dict[str, str]) -> dict:
                 else text
         except ValueError:
             raise OptionsError(f"{name.replace('_', ' ')} must be {_WORDS[kind]}") from None
+    if segments:
+        raw["segments"] = [_form_segment(*row) for row in segments]
     return parse_options(raw)
+
+
+def _form_segment(name: str, spec: str, color: str) -> dict:
+    """A segment of the form's row (name, "PRESET|LEVEL[:LEVEL2]", colour)."""
+    text = f"{name.strip()}={spec.strip()}" + (f",color={color.strip()}" if color.strip()
+                                                  else "")
+    try:
+        return parse_segment(text).as_dict()
+    except ConversionError as exc:
+        raise OptionsError(str(exc)) from None

@@ -38,9 +38,9 @@ def result_dir(settings: Settings, job_id: str) -> Path:
 
 
 def result_name(job_id: str, fmt: str) -> str:
-    """The model's file name for a format (``stl``, ``stl-ascii``, ``3mf``): the job id's
-    first characters, never patient data."""
-    return f"dicomstl-{job_id[:12]}.{'3mf' if fmt == '3mf' else 'stl'}"
+    """The model's file name for a format (``stl``, ``stl-ascii``, ``3mf``, or ``zip``: one STL
+    per segment): the job id's first characters, never patient data."""
+    return f"dicomstl-{job_id[:12]}.{fmt if fmt in ('3mf', 'zip') else 'stl'}"
 
 
 def result_path(settings: Settings, job_id: str, fmt: str) -> Path:

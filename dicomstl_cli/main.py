@@ -20,7 +20,17 @@ from rich.table import Table
 
 from dicomstl import __version__
 from dicomstl.errors import ConfigError, ConversionError
-from dicomstl.options import BACKENDS, FORMATS, LIMITS, MAX_KEEP, PRESETS, STAGES, Options
+from dicomstl.options import (
+    BACKENDS,
+    FORMATS,
+    LIMITS,
+    MAX_KEEP,
+    PRESETS,
+    STAGES,
+    Options,
+    Segment,
+    parse_segment,
+)
 from dicomstl.settings import load_settings
 from dicomstl_cli.service_commands import SERVICE_COMMANDS, add_commands, run
 
@@ -33,6 +43,13 @@ def _level(text: str) -> float:
         return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"level must be a number, not {text!r}") from None
+
+
+def _segment(text: str) -> Segment:
+    try:
+        return parse_segment(text)
+    except ConversionError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _range(name: str) -> str:
@@ -58,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
                        f"{p.name} = {p.description}" for p in PRESETS.values()))
     g.add_argument("--level", type=_level, help="threshold in HU (CT) or stored units (MR)"
                    + _range("level"))
+    c.add_argument("--segment", dest="segments", action="append", type=_segment, default=[],
+                   metavar="NAME=PRESET|LEVEL[:LEVEL2][,color=#rrggbb]",
+                   help="a model of its own (repeatable, instead of --preset/--level): a "
+                        "preset, a level, or the band LEVEL:LEVEL2; written as one named, "
+                        "coloured object each in a .3mf, or one STL each in a .zip")
     c.add_argument("--series", help="SeriesInstanceUID to convert, or 'largest'")
     c.add_argument("--time-point", type=int, default=0,
                    help="time point of a 4-D series (default 0, the first)"
@@ -158,8 +180,12 @@ def _convert(args: argparse.Namespace) -> int:
                       gpu_memory_budget=args.gpu_memory_budget, min_wall_mm=args.min_wall_mm,
                       printability=args.printability,
                       fill_cavities=args.fill_cavities, hollow_mm=args.hollow_mm,
-                      drain_holes=args.drain_holes, drain_hole_mm=args.drain_hole_mm)
+                      drain_holes=args.drain_holes, drain_hole_mm=args.drain_hole_mm,
+                      segments=tuple(args.segments))
     options.validate()  # before the progress bars: a bad option is one line, no bars
+    if args.segments and fmt != "3mf" and not args.output.lower().endswith(".zip"):
+        raise ConversionError("segments are written as a .3mf (one object each) or a .zip "
+                              "(one STL each): name the output so")
     engine = resolve_backend(options.backend)
     warm = engine.warm_up()  # the kernels, from the disk cache except after an install
     with _stage_progress(args.quiet) as progress:
@@ -176,6 +202,14 @@ def _convert(args: argparse.Namespace) -> int:
               f"{r.surface_area_mm2:,.0f} mm², volume {r.volume_cm3:,.2f} cm³, parts {r.parts}, "
               f"watertight {'yes' if r.watertight else 'NO'}")
     out.print("size (LPS mm): " + " x ".join(f"{s:.1f}" for s in r.size_mm))
+    for segment in result.segments or ():
+        m = segment.report
+        out.print(f"segment {escape(segment.name)} ({escape(segment.level_source)}): "
+                  f"triangles {m.triangles:,}, volume {m.volume_cm3:,.2f} cm³, parts {m.parts}, "
+                  "size " + " x ".join(f"{s:.1f}" for s in m.size_mm) + " mm", highlight=False)
+        if segment.printability:
+            for line in printability_lines(segment.printability.as_dict()):
+                out.print(f"  {line}", highlight=False)
     if result.printability:
         for line in printability_lines(result.printability.as_dict()):
             out.print(line, highlight=False)

@@ -312,3 +312,20 @@ def report(mesh: Mesh) -> MeshReport:
         size_mm=tuple(round(float(x), 3) for x in hi - lo), parts=topo.parts,
         watertight=topo.watertight, boundary_edges=topo.boundary_edges,
         non_manifold_edges=topo.non_manifold_edges, pinched_vertices=topo.pinched_vertices)
+
+
+def combined_report(reports: list[MeshReport]) -> MeshReport:
+    """The report of several closed meshes taken together (a multi-segment job's models):
+    counts, area and volume summed, the bounding box around them all."""
+    boxed = [r for r in reports if r.triangles] or reports  # an empty mesh has no box
+    lo = tuple(min(r.bbox_min_mm[a] for r in boxed) for a in range(3))
+    hi = tuple(max(r.bbox_max_mm[a] for r in boxed) for a in range(3))
+    return MeshReport(
+        triangles=sum(r.triangles for r in reports), vertices=sum(r.vertices for r in reports),
+        surface_area_mm2=round(sum(r.surface_area_mm2 for r in reports), 3),
+        volume_cm3=round(sum(r.volume_cm3 for r in reports), 4), bbox_min_mm=lo,
+        bbox_max_mm=hi, size_mm=tuple(round(h - low, 3) for low, h in zip(lo, hi, strict=True)),
+        parts=sum(r.parts for r in reports), watertight=all(r.watertight for r in reports),
+        boundary_edges=sum(r.boundary_edges for r in reports),
+        non_manifold_edges=sum(r.non_manifold_edges for r in reports),
+        pinched_vertices=sum(r.pinched_vertices for r in reports))

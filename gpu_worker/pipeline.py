@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dicomstl.errors import ConversionError
-from dicomstl.options import PRESETS, Options
+from dicomstl.errors import ConversionError, EmptySurfaceError
+from dicomstl.options import PRESETS, Options, Segment
 from dicomstl.settings import PrintTargets
 from gpu_worker import decimation, decode, dicom_headers, hollow, printability
 from gpu_worker import mesh as meshops
@@ -29,7 +29,7 @@ from gpu_worker import volume as vol
 from gpu_worker.engines import Engine, resolve_backend
 from gpu_worker.marching import effective_level
 from gpu_worker.sources import collect_sources
-from gpu_worker.stl import write_bytes, write_mesh
+from gpu_worker.stl import stl_zip_bytes, threemf_parts_bytes, write_bytes, write_mesh
 
 log = logging.getLogger(__name__)
 
@@ -52,14 +52,39 @@ class Result:
     timings_s: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     printability: printability.PrintReport | None = None
+    #: A multi-segment job's models, in the order given (None without segments); ``report``
+    #: is then all of them together, and ``level`` the first one's.
+    segments: list[SegmentResult] | None = None
 
     def as_dict(self) -> dict:
-        return {"output": self.output.name, "bytes": self.bytes_written,
-                "mesh": self.report.as_dict(), "series": self.series, "level": self.level,
-                "level_source": self.level_source, "backend": self.backend,
-                "volume_shape_kji": list(self.shape),
-                "timings_s": {k: round(v, 4) for k, v in self.timings_s.items()},
-                "warnings": self.warnings,
+        out = {"output": self.output.name, "bytes": self.bytes_written,
+               "mesh": self.report.as_dict(), "series": self.series, "level": self.level,
+               "level_source": self.level_source, "backend": self.backend,
+               "volume_shape_kji": list(self.shape),
+               "timings_s": {k: round(v, 4) for k, v in self.timings_s.items()},
+               "warnings": self.warnings,
+               "printability": self.printability.as_dict() if self.printability else None}
+        if self.segments is not None:
+            out["segments"] = [segment.as_dict() for segment in self.segments]
+        return out
+
+
+@dataclass
+class SegmentResult:
+    """One segment's model: its name, colour ("#rrggbb"), threshold and reports."""
+
+    name: str
+    color: str
+    level: float
+    level2: float | None
+    level_source: str
+    report: meshops.MeshReport
+    printability: printability.PrintReport | None = None
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "color": self.color, "level": self.level,
+                "level2": self.level2, "level_source": self.level_source,
+                "mesh": self.report.as_dict(),
                 "printability": self.printability.as_dict() if self.printability else None}
 
 
@@ -74,7 +99,8 @@ class _Timer:
             self.progress(name, "start")
         start = time.perf_counter()
         yield
-        self.timings[name] = time.perf_counter() - start
+        # a multi-segment job runs the mesh stages once per segment: their times add up
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
         if self.progress:
             self.progress(name, "done")
 
@@ -85,6 +111,18 @@ def inspect(inputs: Sequence[str | os.PathLike]
     found = dicom_headers.scan(collect_sources(inputs))
     dicom_headers.require_images(found)
     return found, ser.find_series(found)
+
+
+def segment_level(volume: vol.Volume, segment: Segment) -> tuple[float, bool, str]:
+    """(level, invert, where it came from) of one segment (its band's lower end)."""
+    if segment.preset is None:
+        return float(segment.level), False, "level" if segment.level2 is None else "band"
+    preset = PRESETS[segment.preset]
+    if volume.units != "HU":
+        raise ConversionError(f"segment {segment.name!r}: the preset '{preset.name}' is in "
+                              f"Hounsfield units, but this is a {volume.modality} series; "
+                              "give a level instead")
+    return preset.level, preset.invert, f"preset {preset.name}"
 
 
 def choose_level(volume: vol.Volume, options: Options,
@@ -140,7 +178,8 @@ def convert(inputs: Sequence[str | os.PathLike], output: str | os.PathLike,
 
 def _finish(decoded: decode.DecodedSeries, stack: ser.SeriesStack, options: Options, out: Path,
             timer: _Timer, engine: Engine, targets: PrintTargets) -> Result:
-    """The stages after decoding: volume, smooth, islands, surface, ..., write."""
+    """The stages after decoding: volume, smooth, islands, surface, ..., write; with
+    segments, the stages from islands to printability once per segment."""
     with timer.stage("volume"):
         # downsampling averages on the host: then the volume goes to the engine after it
         on_host = options.downsample > 1
@@ -152,16 +191,81 @@ def _finish(decoded: decode.DecodedSeries, stack: ser.SeriesStack, options: Opti
             volume = vol.crop(volume, vol.parse_crop(options.crop, volume.data.shape), xp)
         volume = vol.downsample(volume, options.downsample)
         volume = replace(volume, data=engine.to_device(volume.data))
-        level, invert, level_source = choose_level(volume, options, engine)
+        if options.segments:
+            levels = [segment_level(volume, segment) for segment in options.segments]
+            level, _invert, level_source = levels[0]
+        else:
+            level, invert, level_source = choose_level(volume, options, engine)
     with timer.stage("smooth"):
         volume = engine.smooth(volume, options.smooth_mm)
+    warnings = list(volume.warnings)
+    if options.segments:
+        return _finish_segments(volume, levels, stack, options, out, timer, engine, targets,
+                                warnings)
+    mesh, report, printable = _model(volume, level, invert, None, options, timer, engine,
+                                     targets, warnings)
+    with timer.stage("write"):
+        written = (write_bytes(engine.pack_stl(mesh), out) if options.format == "stl"
+                   else write_mesh(mesh, out, options.format))
+    return Result(output=out, bytes_written=written, report=report, series=stack.summary(),
+                  level=level, level_source=level_source, backend=engine.name,
+                  shape=tuple(volume.data.shape), timings_s=timer.timings, warnings=warnings,
+                  printability=printable)
+
+
+def _finish_segments(volume: vol.Volume, levels: list[tuple[float, bool, str]],
+                     stack: ser.SeriesStack, options: Options, out: Path, timer: _Timer,
+                     engine: Engine, targets: PrintTargets, warnings: list[str]) -> Result:
+    """The stages from islands to printability for each segment (its own mask: a level, or
+    the band ``level <= value < level2``), then one file: a 3MF of one named, coloured
+    object per segment, or a zip of one STL per segment."""
+    parts = []
+    chosen = zip(options.segments, levels, strict=True)
+    for index, (segment, (level, invert, source)) in enumerate(chosen):
+        notes: list[str] = []
+        try:
+            mesh, report, printable = _model(volume, level, invert, segment.level2, options,
+                                             timer, engine, targets, notes)
+        except EmptySurfaceError as exc:
+            band = segment.level2 is not None and str(exc).startswith("no voxel")
+            raise EmptySurfaceError(f"segment {segment.name!r}: " + (
+                f"no voxel lies in the band {level:g} to {segment.level2:g}; choose another "
+                "range" if band else str(exc))) from None
+        warnings.extend(f"segment {segment.name}: {note}" for note in notes)
+        parts.append((mesh, SegmentResult(
+            name=segment.name, color=segment.color_or_default(index), level=level,
+            level2=None if segment.level2 is None else float(segment.level2),
+            level_source=source, report=report, printability=printable)))
+    with timer.stage("write"):
+        if options.format == "3mf":
+            data = threemf_parts_bytes([(s.name, s.color, mesh) for mesh, s in parts])
+        else:
+            data = stl_zip_bytes([(s.name, mesh) for mesh, s in parts], options.format)
+        written = write_bytes(data, out)
+    results = [s for _mesh, s in parts]
+    return Result(output=out, bytes_written=written,
+                  report=meshops.combined_report([s.report for s in results]),
+                  series=stack.summary(), level=levels[0][0], level_source=levels[0][2],
+                  backend=engine.name, shape=tuple(volume.data.shape),
+                  timings_s=timer.timings, warnings=warnings, segments=results)
+
+
+def _model(volume: vol.Volume, level: float, invert: bool, level2: float | None,
+           options: Options, timer: _Timer, engine: Engine, targets: PrintTargets,
+           warnings: list[str]
+           ) -> tuple[meshops.Mesh, meshops.MeshReport, printability.PrintReport | None]:
+    """The stages from islands to printability for one mask: ``value >= level`` (``< level``
+    with ``invert``), or the band ``level <= value < level2``. The checked mesh (LPS mm), its
+    report and the printability report (None when it is not asked for)."""
     with timer.stage("islands"):
-        data, oriented_level = vol.oriented(volume.data, level, invert)
+        if level2 is None:
+            data, oriented_level = vol.oriented(volume.data, level, invert)
+        else:
+            data, oriented_level = vol.band(volume.data, level, level2, engine.xp)
         threshold = effective_level(data, oriented_level)
         data, _parts = engine.keep_parts(data, threshold, options.keep, options.min_part_mm3,
                                          volume.geometry.voxel_volume_mm3,
                                          drop_in_plane_border=invert)
-    warnings = list(volume.warnings)
     with timer.stage("cavities"):
         data, print_mask, changes = _solid_or_hollow(data, threshold, volume.geometry,
                                                      options, engine, warnings)
@@ -186,13 +290,7 @@ def _finish(decoded: decode.DecodedSeries, stack: ser.SeriesStack, options: Opti
                                                   options.min_wall_mm, targets)
             if changes is not None:
                 printable.solid_or_hollow = changes.as_dict(volume.geometry.voxel_volume_mm3)
-    with timer.stage("write"):
-        written = (write_bytes(engine.pack_stl(mesh), out) if options.format == "stl"
-                   else write_mesh(mesh, out, options.format))
-    return Result(output=out, bytes_written=written, report=report, series=stack.summary(),
-                  level=level, level_source=level_source, backend=engine.name,
-                  shape=tuple(volume.data.shape), timings_s=timer.timings, warnings=warnings,
-                  printability=printable)
+    return mesh, report, printable
 
 
 def _solid_or_hollow(data, threshold: float, geometry, options: Options, engine: Engine,

@@ -9,6 +9,7 @@ import io
 import os
 import zipfile
 from pathlib import Path
+from xml.sax.saxutils import quoteattr
 
 import numba
 import numpy as np
@@ -104,23 +105,68 @@ _RELS = (
     'Type="http://schemas.microsoft.com/3dmanufacturing/2013/01/3dmodel"/></Relationships>')
 
 
-def threemf_bytes(mesh: Mesh) -> bytes:
-    """A 3MF package (3MF Core Specification 1.x) with unit="millimeter"."""
-    model = io.StringIO()
-    model.write('<?xml version="1.0" encoding="UTF-8"?>\n<model unit="millimeter" '
+_MODEL_START = ('<?xml version="1.0" encoding="UTF-8"?>\n<model unit="millimeter" '
                 'xml:lang="en-US" xmlns="http://schemas.microsoft.com/3dmanufacturing/core/'
                 f'2015/02"><metadata name="Application">dicomstl {__version__}</metadata>'
-                '<resources><object id="1" type="model"><mesh><vertices>\n')
+                '<resources>')
+
+
+def _mesh_xml(model: io.StringIO, mesh: Mesh) -> None:
+    """A 3MF ``<mesh>`` element's vertices (mm) and triangles."""
+    model.write("<mesh><vertices>\n")
     np.savetxt(model, mesh.vertices.astype(np.float64), fmt='<vertex x="%.5f" y="%.5f" z="%.5f"/>')
     model.write("</vertices><triangles>\n")
     np.savetxt(model, mesh.faces, fmt='<triangle v1="%d" v2="%d" v3="%d"/>')
-    model.write('</triangles></mesh></object></resources><build><item objectid="1"/></build>'
-                "</model>\n")
+    model.write("</triangles></mesh>")
+
+
+def _package(model: str) -> bytes:
+    """The 3MF zip package around a model part."""
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as z:
         z.writestr("[Content_Types].xml", _CONTENT_TYPES)
         z.writestr("_rels/.rels", _RELS)
-        z.writestr("3D/3dmodel.model", model.getvalue())
+        z.writestr("3D/3dmodel.model", model)
+    return out.getvalue()
+
+
+def threemf_bytes(mesh: Mesh) -> bytes:
+    """A 3MF package (3MF Core Specification 1.x) with unit="millimeter"."""
+    model = io.StringIO()
+    model.write(_MODEL_START + '<object id="1" type="model">')
+    _mesh_xml(model, mesh)
+    model.write('</object></resources><build><item objectid="1"/></build></model>\n')
+    return _package(model.getvalue())
+
+
+def threemf_parts_bytes(parts: list[tuple[str, str, Mesh]]) -> bytes:
+    """A 3MF package of several objects, one per (name, colour "#rrggbb", mesh), in mm: each a
+    named object of the build with its colour as a base material (one ``<basematerials>``
+    group, one ``<base>`` per object), so slicers open them as separate named parts."""
+    model = io.StringIO()
+    model.write(_MODEL_START + '<basematerials id="1">')
+    for name, color, _mesh in parts:
+        model.write(f"<base name={quoteattr(name)} displaycolor="
+                    f"{quoteattr(color.upper() + 'FF')}/>")
+    model.write("</basematerials>")
+    for index, (name, _color, mesh) in enumerate(parts):
+        model.write(f'<object id="{index + 2}" type="model" name={quoteattr(name)} pid="1" '
+                    f'pindex="{index}">')
+        _mesh_xml(model, mesh)
+        model.write("</object>")
+    model.write("</resources><build>" + "".join(
+        f'<item objectid="{index + 2}"/>' for index in range(len(parts)))
+        + "</build></model>\n")
+    return _package(model.getvalue())
+
+
+def stl_zip_bytes(parts: list[tuple[str, Mesh]], fmt: str = "stl") -> bytes:
+    """A zip of one STL (binary, or ASCII for ``stl-ascii``) per (name, mesh), ``NAME.stl``."""
+    pack = ascii_stl_bytes if fmt == "stl-ascii" else binary_stl_bytes
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for name, mesh in parts:
+            z.writestr(f"{name}.stl", memoryview(pack(mesh)).tobytes())
     return out.getvalue()
 
 

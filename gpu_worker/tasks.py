@@ -23,7 +23,7 @@ from sqlalchemy.exc import OperationalError
 
 from dicomstl import callbacks, jobs, storage
 from dicomstl.errors import ConversionError, SeriesChoiceError
-from dicomstl.options import to_pipeline
+from dicomstl.options import result_format, to_pipeline
 from dicomstl.settings import Settings
 from gpu_worker import metrics
 from gpu_worker import preview as threshold_preview
@@ -112,8 +112,7 @@ def run_conversion(job_id: str, run: int) -> str:
 def _convert(settings: Settings, job, cancelled: threading.Event) -> tuple[str, str | None]:
     """Run the conversion and end the job; (the state it ended in, why it failed)."""
     job_id, run = job.id, job.run
-    fmt = job.options.get("format", "stl")
-    output = storage.result_path(settings, job_id, fmt)
+    output = storage.result_path(settings, job_id, result_format(job.options))
     stage_now: list[str] = []
     engine = _worker.engine or resolve_backend(settings.backend)
 

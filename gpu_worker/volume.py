@@ -156,6 +156,51 @@ def oriented(data: np.ndarray, level: float, invert: bool) -> tuple[np.ndarray, 
     return -data, -level
 
 
+def band(data, low: float, high: float, xp) -> tuple[object, float]:
+    """Data and level such that ``inside == (data >= level)`` for the band
+    ``low <= value < high`` (a two-sided threshold, same units as ``data``: the band and the
+    one-sided level ``high`` share their boundary, neither overlapping nor leaving a gap),
+    with each surface vertex where a one-sided level would put it.
+
+    Marching cubes puts a vertex where the data interpolate to the level along a cut edge, so
+    each voxel's value must measure the distance to the boundary that the edge crosses:
+    ``value - low`` towards the voxels below the band, ``high - value`` towards those above.
+    Outside voxels have one boundary; a band voxel takes the one its 6-neighbours outside
+    the band cross (``min`` of both where it has neighbours of both kinds: a band one voxel
+    thin, where no single value is exact). Integer data stay whole numbers (int16, clipped:
+    only the values near 0 shape the surface), so the threshold stays exact. ``xp``: the array
+    module of ``data``.
+    """
+    integer = np.issubdtype(data.dtype, np.integer)
+    if integer:  # whole numbers: value < high  <=>  value <= ceil(high) - 1
+        data = data.astype(np.int32)
+        low, high = int(np.ceil(low)), int(np.ceil(high)) - 1
+    else:
+        low, high = data.dtype.type(low), data.dtype.type(high)
+    from_low, from_high = data - low, high - data
+    below, above = from_low < 0, from_high < 0
+    near_below, near_above = _touches(below, xp), _touches(above, xp)
+    field = xp.where(near_above & ~near_below, from_high,
+                     xp.where(near_below & ~near_above, from_low,
+                              xp.minimum(from_low, from_high)))
+    field = xp.where(above, from_high, xp.where(below, from_low, field))
+    if integer:
+        return xp.clip(field, -32768, 32767).astype(np.int16), 0.0
+    return field, 0.0
+
+
+def _touches(mask, xp):
+    """Where a 6-neighbour of a voxel is in ``mask`` (bool, [k, j, i])."""
+    out = xp.zeros_like(mask)
+    for axis in range(3):
+        ahead = [slice(None)] * 3
+        behind = [slice(None)] * 3
+        ahead[axis], behind[axis] = slice(1, None), slice(None, -1)
+        out[tuple(behind)] |= mask[tuple(ahead)]
+        out[tuple(ahead)] |= mask[tuple(behind)]
+    return out
+
+
 @dataclass
 class PartsReport:
     """What island removal found: parts (26-connected) before and after, voxels kept."""

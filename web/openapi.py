@@ -7,7 +7,16 @@ from functools import cache
 from dicomstl import __version__
 from dicomstl import retention_policy as policy
 from dicomstl.db import STATES
-from dicomstl.options import FORMATS, LIMITS, MAX_KEEP, OPTION_TYPES, PRESETS, STAGES
+from dicomstl.options import (
+    FORMATS,
+    LIMITS,
+    MAX_KEEP,
+    MAX_SEGMENTS,
+    OPTION_TYPES,
+    PRESETS,
+    SEGMENT_NAME,
+    STAGES,
+)
 from dicomstl.settings import Settings
 
 
@@ -97,6 +106,21 @@ def spec(settings: Settings) -> dict:
                                          "(POST /jobs/{id}/level)")
     options["keep"].update(pattern=r"^(all|largest|[1-9][0-9]{0,3}|10000)$",  # 1…MAX_KEEP
                            description=f"all, largest, or the N largest parts (N ≤ {MAX_KEEP})")
+    level_low, level_high, level_unit = LIMITS["level"]
+    level = {"type": "number", "minimum": level_low, "maximum": level_high,
+             "description": level_unit}
+    options["segments"].update(
+        maxItems=MAX_SEGMENTS, description=(
+            "several models in one job, instead of preset/level: each a mesh of its own "
+            "(a preset, a level, or the band level <= value < level2), with a different "
+            "name each; written as one named, coloured object each in a 3MF, or one STL "
+            "each in a zip (format stl or stl-ascii)"),
+        items={"type": "object", "required": ["name"], "additionalProperties": False,
+               "properties": {
+                   "name": {"type": "string", "pattern": f"^{SEGMENT_NAME.pattern}$"},
+                   "preset": {"type": "string", "enum": list(PRESETS)},
+                   "level": level, "level2": level,
+                   "color": {"type": "string", "pattern": "^#[0-9a-fA-F]{6}$"}}})
     job = {
         "type": "object",
         "required": ["id", "state", "options", "created_at", "delete_after", "stages",
@@ -254,8 +278,11 @@ def spec(settings: Settings) -> dict:
                 "parameters": [JOB_ID],
                 "get": {"operationId": "getResult", "summary": "Download the model",
                         "responses": {
-                            "200": {"description": "the model",
-                                    "content": {"model/stl": {}, "model/3mf": {}}},
+                            "200": {"description": "the model (with segments: a 3MF of "
+                                                   "one object each, or a zip of one STL "
+                                                   "each)",
+                                    "content": {"model/stl": {}, "model/3mf": {},
+                                                "application/zip": {}}},
                             "401": _error("no valid API key"),
                             "404": _error("no such job for this key"),
                             "409": _error("not done yet"),

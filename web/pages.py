@@ -99,7 +99,9 @@ def favicon():
 def upload():
     """The form's upload: files (a folder's or a zip) plus options; answers where to go next."""
     try:
-        options = form_options(request.form)
+        options = form_options(request.form, list(zip(
+            *(request.form.getlist(f"segment_{field}") for field in ("name", "spec", "color")),
+            strict=False)))
         parts = take_files()
     except ConversionError as exc:
         return answer(400, str(exc))
@@ -115,9 +117,17 @@ def upload():
 @pages.get("/jobs/<job_id>")
 def job_page(job_id: str):
     job = _job(job_id)
-    page = render_template("job.html", job=public_view(job), stages=STAGES,
+    view = public_view(job)
+    # the preview reads an STL, or a multi-segment job's 3MF or zip of STLs: its segments'
+    # names and colours, in their order
+    segments = (view.get("report") or {}).get("segments") or []
+    page = render_template("job.html", job=view, stages=STAGES,
                            preview=current_app.config["PREVIEW_AVAILABLE"],
-                           awaits_level=jobs.awaits_level(job), limits=LIMITS)
+                           previewable=current_app.config["PREVIEW_AVAILABLE"] and (
+                               job.options.get("format", "stl") != "3mf"
+                               or bool(job.options.get("segments"))),
+                           awaits_level=jobs.awaits_level(job), limits=LIMITS,
+                           segment_colors=[[s["name"], s["color"]] for s in segments])
     return no_store(current_app.make_response(page)) if jobs.awaits_level(job) else page
 
 

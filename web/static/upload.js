@@ -101,3 +101,20 @@
     xhr.send(data);
   });
 })();
+
+// Segment rows: each a model of its own (name, preset/level/band, colour), added and removed.
+(() => {
+  const rows = document.getElementById("segment-rows");
+  const template = document.getElementById("segment-row");
+  const add = document.getElementById("add-segment");
+  if (!rows || !template || !add) return;
+  const palette = ["#e8dcc0", "#d99c7a", "#c0504d", "#4f81bd", "#9bbb59", "#8064a2"];
+  add.addEventListener("click", () => {
+    const row = template.content.firstElementChild.cloneNode(true);
+    const color = row.querySelector('[name="segment_color"]');
+    color.defaultValue = color.value = palette[rows.children.length % palette.length];
+    row.querySelector(".remove-segment").addEventListener("click", () => row.remove());
+    rows.append(row);
+    row.querySelector('[name="segment_name"]').focus();
+  });
+})();

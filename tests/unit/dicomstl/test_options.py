@@ -66,3 +66,74 @@ def test_print_options_in_json_and_the_form():
                       ({"fill_cavities": "yes"}, "true or false")]:
         with pytest.raises(OptionsError, match=text):
             parse_options(bad)
+
+
+def test_segments_from_the_command_line_syntax():
+    from dicomstl.errors import ConversionError
+    from dicomstl.options import Segment, parse_segment
+
+    assert parse_segment("bone=bone") == Segment("bone", preset="bone")
+    assert parse_segment("soft=-100:300,color=#FF8800") == Segment(
+        "soft", level=-100.0, level2=300.0, color="#FF8800")
+    assert parse_segment(" vessels = 150 ") == Segment("vessels", level=150.0)
+    for bad, text in [("bone", "NAME=PRESET"), ("bone=", "NAME=PRESET"),
+                      ("b one=bone", "segment name"), ("x=femur", "neither a preset"),
+                      ("x=300:100", "LEVEL2 above LEVEL"), ("x=1:nan", "finite"),
+                      ("x=1e12", "finite number from"), ("x=bone,colour=#ffffff", "only color"),
+                      ("x=bone,color=red", "#rrggbb"), ("../x=bone", "segment name")]:
+        with pytest.raises(ConversionError, match=text):
+            parse_segment(bad)
+
+
+def test_segments_in_the_options():
+    from dicomstl.errors import ConversionError
+    from dicomstl.options import MAX_SEGMENTS, Options, Segment
+
+    bone, skin = Segment("bone", preset="bone"), Segment("skin", preset="skin")
+    Options(segments=(bone, skin), format="3mf").validate()
+    for options, text in [
+            (Options(segments=(bone, Segment("Bone", level=5))), "two segments are named"),
+            (Options(segments=(bone,), preset="skin"), "not both"),
+            (Options(segments=(bone,), level=100), "not both"),
+            (Options(segments=tuple(Segment(f"s{i}", level=i) for i in range(MAX_SEGMENTS + 1))),
+             f"at most {MAX_SEGMENTS}"),
+            (Options(segments=(Segment("x"),)), "either a preset or a level"),
+            (Options(segments=(Segment("x", preset="bone", level=3),)), "either a preset")]:
+        with pytest.raises(ConversionError, match=text):
+            options.validate()
+    assert bone.color_or_default(0) != skin.color_or_default(1)
+    assert Segment("x", level=1, color="#ABCDEF").color_or_default(0) == "#abcdef"
+
+
+def test_segments_in_json_and_the_form():
+    from dicomstl.options import Segment, result_format, to_pipeline
+
+    raw = {"segments": [{"name": "bone", "preset": "bone"},
+                        {"name": "soft", "level": -100, "level2": 300, "color": "#ff0000"}],
+           "format": "3mf"}
+    assert parse_options(raw) == raw
+    assert to_pipeline(raw).segments == (Segment("bone", preset="bone"),
+                                         Segment("soft", level=-100, level2=300,
+                                                 color="#ff0000"))
+    assert parse_options({"segments": []}) == {}
+    for bad, text in [({"segments": "bone=bone"}, "list of segments"),
+                      ({"segments": ["bone=bone"]}, "list of segments"),
+                      ({"segments": [{"preset": "bone"}]}, "needs a name"),
+                      ({"segments": [{"name": "a", "level": "1"}]}, "'level' must be a number"),
+                      ({"segments": [{"name": "a", "level": True}]}, "must be a number"),
+                      ({"segments": [{"name": "a", "hu": 1}]}, "unknown segment field"),
+                      ({"segments": [{"name": "a", "preset": "bone"}], "preset": "bone"},
+                       "not both"),
+                      ({"segments": [{"name": "a", "preset": "bone"}] * 2}, "named")]:
+        with pytest.raises(OptionsError, match=text):
+            parse_options(bad)
+    rows = [("bone", "bone", ""), ("", "", ""), ("soft", "-100:300", "#00ff00")]
+    assert form_options({"format": "3mf"}, rows) == {
+        "format": "3mf", "segments": [{"name": "bone", "preset": "bone"},
+                                      {"name": "soft", "level": -100.0, "level2": 300.0,
+                                       "color": "#00ff00"}]}
+    with pytest.raises(OptionsError, match="neither a preset"):
+        form_options({}, [("bone", "femur", "")])
+    assert result_format({"segments": raw["segments"]}) == "zip"
+    assert result_format({"segments": raw["segments"], "format": "stl-ascii"}) == "zip"
+    assert result_format(raw) == "3mf" and result_format({}) == "stl"

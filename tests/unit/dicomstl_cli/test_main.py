@@ -77,6 +77,8 @@ def test_inspect_table_shows_the_whole_series_uid_in_a_narrow_terminal(series, c
     (["--time-point", "3"], "time point 3 is out of range"),
     (["--level", "5000"], "no voxel reaches the threshold"),
     (["--backend", "gpu"], "--backend gpu is not available"),
+    (["--segment", "a=0", "--segment", "b=0"], "written as a .3mf"),
+    (["--segment", "a=0", "--preset", "bone"], "not both"),
 ])
 def test_bad_options_give_clear_errors_and_exit_2(series, tmp_path, capsys, args, message):
     code = main(["convert", str(series), "-o", str(tmp_path / "m.stl"), "--quiet", *args])
@@ -85,6 +87,23 @@ def test_bad_options_give_clear_errors_and_exit_2(series, tmp_path, capsys, args
     assert message in err.replace("\n", " ")
     assert "Traceback" not in err
     assert not (tmp_path / "m.stl").exists()
+
+
+def test_segments_are_one_model_each(series, tmp_path, capsys):
+    import zipfile
+
+    out, report = tmp_path / "m.zip", tmp_path / "r.json"
+    code = main(["convert", str(series), "-o", str(out), "--quiet", "--segment", "all=-500",
+                 "--segment", "shell=-500:500,color=#00FF00", "--report", str(report)])
+    text = capsys.readouterr().out
+    assert code == 0 and "segment shell (band)" in text
+    assert zipfile.ZipFile(out).namelist() == ["all.stl", "shell.stl"]
+    segments = json.loads(report.read_text())["segments"]
+    assert [(s["name"], s["color"], s["level2"]) for s in segments] == [
+        ("all", segments[0]["color"], None), ("shell", "#00ff00", 500.0)]
+    with pytest.raises(SystemExit):
+        main(["convert", str(series), "-o", str(out), "--segment", "x=femur"])
+    assert "neither a preset" in capsys.readouterr().err
 
 
 def test_missing_output_folder_is_a_user_error(series, tmp_path, capsys):

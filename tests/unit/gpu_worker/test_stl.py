@@ -1,5 +1,6 @@
 """Writers: read back what we write, with independent readers."""
 
+import io
 import struct
 import zipfile
 from xml.etree import ElementTree
@@ -64,3 +65,44 @@ def test_3mf_states_millimetres_and_holds_the_mesh(tetra, tmp_path):
 def test_unknown_format_is_refused(tetra, tmp_path):
     with pytest.raises(ValueError, match="unknown format"):
         write_mesh(tetra, tmp_path / "x", "obj")
+
+
+def test_3mf_of_several_named_coloured_objects(tetra, tmp_path):
+    from gpu_worker.stl import threemf_parts_bytes, write_bytes
+
+    moved = Mesh(tetra.vertices + 50, tetra.faces)
+    path = tmp_path / "parts.3mf"
+    write_bytes(threemf_parts_bytes([("bone", "#e8dcc0", tetra), ("skin & co", "#d99c7a", moved)]),
+                path)
+    ns = {"m": "http://schemas.microsoft.com/3dmanufacturing/core/2015/02"}
+    with zipfile.ZipFile(path) as z:
+        root = ElementTree.fromstring(z.read("3D/3dmodel.model"))
+    assert root.get("unit") == "millimeter"
+    bases = root.findall("m:resources/m:basematerials/m:base", ns)
+    assert [(b.get("name"), b.get("displaycolor")) for b in bases] == [
+        ("bone", "#E8DCC0FF"), ("skin & co", "#D99C7AFF")]
+    group = root.find("m:resources/m:basematerials", ns).get("id")
+    objects = root.findall("m:resources/m:object", ns)
+    assert [(o.get("name"), o.get("pid"), o.get("pindex")) for o in objects] == [
+        ("bone", group, "0"), ("skin & co", group, "1")]
+    assert [i.get("objectid") for i in root.findall("m:build/m:item", ns)] == [
+        o.get("id") for o in objects]
+    for obj, mesh in zip(objects, (tetra, moved), strict=True):
+        vertices = [[float(v.get(a)) for a in "xyz"]
+                    for v in obj.findall("m:mesh/m:vertices/m:vertex", ns)]
+        faces = [[int(t.get(a)) for a in ("v1", "v2", "v3")]
+                 for t in obj.findall("m:mesh/m:triangles/m:triangle", ns)]
+        np.testing.assert_allclose(vertices, mesh.vertices, atol=1e-5)
+        assert faces == mesh.faces.tolist()
+
+
+def test_zip_of_one_stl_per_segment(tetra, tmp_path):
+    from gpu_worker.stl import binary_stl_bytes, stl_zip_bytes
+
+    with zipfile.ZipFile(io.BytesIO(stl_zip_bytes([("a", tetra), ("b", tetra)]))
+                         ) as z:
+        assert z.namelist() == ["a.stl", "b.stl"]
+        assert z.read("a.stl") == binary_stl_bytes(tetra).tobytes()
+    with zipfile.ZipFile(io.BytesIO(
+            stl_zip_bytes([("a", tetra)], "stl-ascii"))) as z:
+        assert z.read("a.stl").startswith(b"solid dicomstl")

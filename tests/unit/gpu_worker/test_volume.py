@@ -124,3 +124,41 @@ def test_equal_sized_parts_are_kept_in_raster_order():
     kept, report = vol.choose_parts(sizes, np.array([], np.int64), "3", 0.0, 1.0)
     assert kept.tolist() == [False, True, True, False, True, False]  # 9 (2), 9 (4), 5 (1)
     assert report.parts_kept == 3 and report.voxels_kept == 23
+
+
+def test_band_is_inside_between_its_two_levels():
+    values = np.arange(-300, 400, 7, dtype=np.int16).reshape(1, 1, -1)
+    data, level = vol.band(values, -100, 300, np)
+    assert data.dtype == np.int16
+    from gpu_worker.marching import effective_level
+
+    inside = data >= effective_level(data, level)
+    np.testing.assert_array_equal(inside, (values >= -100) & (values < 300))
+    floats = values.astype(np.float32) + 0.25
+    data, level = vol.band(floats, -100, 300, np)
+    assert data.dtype == np.float32
+    np.testing.assert_array_equal(data >= level, (floats >= -100) & (floats < 300))
+    extreme = np.array([[[-32768, 0, 32767]]], np.int16)
+    data, level = vol.band(extreme, -30000, 30000, np)
+    assert data.tolist() == [[[-2768, 29999, -2768]]]
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.float32])
+def test_band_surfaces_lie_where_one_sided_levels_put_them(dtype):
+    """Air, two voxels of soft tissue (0 HU), bone: the band -100..300 has its outer surface
+    where the level -100 has it and its inner one where 300 has it (a single min() field
+    would put the inner one at 0.125 voxel instead of 0.3)."""
+    from gpu_worker.marching import effective_level, marching_cubes
+
+    row = np.array([-1000, -1000, 0, 0, 1000, 1000, 1000], dtype)
+    values = np.broadcast_to(row, (5, 5, len(row))).copy()
+
+    def crossings(data, level):
+        mesh = marching_cubes(data, effective_level(data, level))
+        x = mesh.vertices[:, 0]  # index order (i, j, k)
+        inner = (mesh.vertices[:, 1] == 2) & (mesh.vertices[:, 2] == 2)
+        return sorted(set(np.round(x[inner & (x > 0.5) & (x < len(row) - 1.5)], 5)))
+
+    low, high = crossings(values, -100), crossings(values, 300)
+    assert len(low) == len(high) == 1 and 1 < low[0] < 2 and 3 < high[0] < 4
+    assert crossings(*vol.band(values, -100, 300, np)) == low + high
