@@ -8,6 +8,7 @@ Times are timezone-aware UTC.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -204,11 +205,19 @@ def migrate(url: str) -> None:
     config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     engine = config.attributes["engine"] = engine_for(url)
+    # Processes starting together on an empty database: one migrates, the others wait for
+    # it and then find nothing to do.
     if engine.dialect.name != "postgresql":
-        command.upgrade(config, "head")  # SQLite: one host, and the file's own lock
+        name = make_url(url).database
+        if not name or name == ":memory:" or name.startswith("file:"):
+            command.upgrade(config, "head")
+            return
+        # flock on the database file (which engine_for created): SQLite's own locks are
+        # POSIX record locks, which a flock does not touch
+        with open(name, "rb") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)
+            command.upgrade(config, "head")
         return
-    # Pods starting together on an empty PostgreSQL: one migrates, the others wait for it
-    # and then find nothing to do.
     with engine.connect() as lock:
         lock.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         try:
