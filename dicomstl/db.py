@@ -212,11 +212,14 @@ def migrate(url: str) -> None:
         if not name or name == ":memory:" or name.startswith("file:"):
             command.upgrade(config, "head")
             return
-        # flock on the database file (which engine_for created): SQLite's own locks are
-        # POSIX record locks, which a flock does not touch
-        with open(name, "rb") as held:
-            fcntl.flock(held, fcntl.LOCK_EX)
+        # a lock file beside the database, never the database itself: closing any
+        # descriptor of that file would drop SQLite's own (POSIX) locks in this process
+        fd = os.open(f"{name}.migrate-lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
             command.upgrade(config, "head")
+        finally:
+            os.close(fd)
         return
     with engine.connect() as lock:
         lock.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
