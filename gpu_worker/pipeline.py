@@ -125,6 +125,18 @@ def segment_level(volume: vol.Volume, segment: Segment) -> tuple[float, bool, st
     return preset.level, preset.invert, f"preset {preset.name}"
 
 
+def read_series(inputs: Sequence[str | os.PathLike], options: Options, timer: _Timer
+                ) -> tuple[ser.SeriesStack, decode.DecodedSeries]:
+    """The "read" and "decode" stages: the series ``options.series`` picks, and its pixels
+    at ``options.time_point``."""
+    with timer.stage("read"):
+        found, stacks = inspect(inputs)
+        stack = ser.choose_series(stacks, options.series)
+    with timer.stage("decode"):
+        decoded = decode.decode_series(found, stack, options.time_point)
+    return stack, decoded
+
+
 def choose_level(volume: vol.Volume, options: Options,
                  engine: Engine) -> tuple[float, bool, str]:
     """(level, invert, where it came from) for a volume and the user's options."""
@@ -161,11 +173,7 @@ def convert(inputs: Sequence[str | os.PathLike], output: str | os.PathLike,
                               "writable")
     engine = engine or resolve_backend(options.backend)
     timer = _Timer(progress)
-    with timer.stage("read"):
-        found, stacks = inspect(inputs)
-        stack = ser.choose_series(stacks, options.series)
-    with timer.stage("decode"):
-        decoded = decode.decode_series(found, stack, options.time_point)
+    stack, decoded = read_series(inputs, options, timer)
     run = engine.for_volume(decoded.pixels.shape, options)
     try:
         return _finish(decoded, stack, options, out, timer, run, targets or PrintTargets())

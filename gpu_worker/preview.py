@@ -40,11 +40,9 @@ import numpy as np
 from scipy import ndimage
 
 from dicomstl.options import PRESETS, Options
-from gpu_worker import decode
-from gpu_worker import series as ser
 from gpu_worker import volume as vol
 from gpu_worker.cpu_engine import CpuEngine
-from gpu_worker.pipeline import Progress, _Timer, choose_level, inspect
+from gpu_worker.pipeline import Progress, _Timer, choose_level, read_series
 
 #: The planes, in the order they are shown; each file is ``<plane>.png``.
 PLANES = ("axial", "coronal", "sagittal")
@@ -126,11 +124,7 @@ def make_preview(inputs: Sequence[str | os.PathLike], options: Options | None = 
     options = options or Options()
     options.validate()
     timer = _Timer(progress)
-    with timer.stage("read"):
-        found, stacks = inspect(inputs)
-        stack = ser.choose_series(stacks, options.series)
-    with timer.stage("decode"):
-        decoded = decode.decode_series(found, stack, options.time_point)
+    stack, decoded = read_series(inputs, options, timer)
     with timer.stage("volume"):
         volume = vol.to_volume(decoded, np)
         if options.crop:
