@@ -34,11 +34,11 @@ def deliver(job_id: str, settings: Settings) -> int:
     """POST the job's state to its callback URL; returns the HTTP status (0: none sent).
     The worker runs it (``gpu_worker.tasks.deliver_callback``)."""
     job = get_job(settings, job_id)
-    if not job.callback_url or not job.owner.startswith("key:"):
+    if not job.callback_url or job.api_key_id is None:
         callback_settled(settings, job_id)
         return 0
     with session_scope(settings.database_url) as session:
-        key = session.get(ApiKey, int(job.owner.removeprefix("key:")))
+        key = session.get(ApiKey, job.api_key_id)
         secret = key.webhook_secret if key else None
     if secret is None:
         callback_settled(settings, job_id)

@@ -1,4 +1,5 @@
-"""Database: the job, API-key and IP-log tables, the engine, sessions and migrations.
+"""Database: the tables (jobs, API keys, the IP log; accounts, organisations, credits,
+Stripe events, inquiries), the engine, sessions and migrations.
 
 SQLite by default, PostgreSQL when ``DATABASE_URL`` says so. The schema is owned by the Alembic
 migrations in ``dicomstl/migrations``; ``migrate`` brings a database to the newest one.
@@ -19,7 +20,9 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
+    ForeignKey,
     Integer,
     String,
     Text,
@@ -29,7 +32,14 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    relationship,
+    sessionmaker,
+)
 from sqlalchemy.types import TypeDecorator
 
 #: Job states, in the order a job moves through them.
@@ -105,15 +115,34 @@ class Job(Base):
     upload_files: Mapped[int] = mapped_column(Integer, default=0)
     upload_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     result_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    #: The API key that submitted it (its webhook secret signs the callback).
+    api_key_id: Mapped[int | None] = mapped_column(Integer)
+    #: Credits its organisation paid when it was accepted (0: free tier or an operator key).
+    credits: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: The free tier's counter this job used (a keyed hash of the address and the day).
+    free_quota_key: Mapped[str | None] = mapped_column(String(100))
+    #: Its credits or free conversion were given back (once: it ended without a model).
+    payment_returned: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
 
 
 class ApiKey(Base):
-    """A clinic's API key: only its SHA-256 is kept; the webhook secret signs callbacks."""
+    """A clinic's API key: only its SHA-256 is kept; the webhook secret signs callbacks.
+
+    A key belongs to an organisation (its jobs and credits), or to no one: an operator's key
+    made on the command line without ``--account``, whose jobs cost nothing.
+    """
 
     __tablename__ = "api_keys"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    org_id: Mapped[int | None] = mapped_column(
+        ForeignKey("organisations.id", ondelete="CASCADE", name="fk_api_keys_org_id"),
+        index=True)
+    created_by: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL", name="fk_api_keys_created_by"))
     name: Mapped[str] = mapped_column(String(200))
+    #: Its organisation, read with the key in one query (the API charges it on every upload).
+    org: Mapped[Organisation | None] = relationship(lazy="joined")
     prefix: Mapped[str] = mapped_column(String(32), unique=True)
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     webhook_secret: Mapped[str] = mapped_column(String(100))
@@ -131,8 +160,132 @@ class IpLogEntry(Base):
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
                                     primary_key=True)
     ip: Mapped[str] = mapped_column(String(45))
-    kind: Mapped[str] = mapped_column(String(16))  # upload | api | login
+    kind: Mapped[str] = mapped_column(String(16))  # upload | api | login | account
     route: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+    #: The user (logged in, or the one an API key's organisation belongs to) where known.
+    account_id: Mapped[int | None] = mapped_column(Integer, index=True)
+
+
+class Organisation(Base):
+    """Who pays: an account's own, or a clinic's shared by its members (one level). Holds the
+    credit balance (``credit_ledger`` records every change), the plan and the Stripe ids."""
+
+    __tablename__ = "organisations"
+    #: ids are never reused (SQLite's AUTOINCREMENT; PostgreSQL's sequences never are): an
+    #: erased organisation's id can never name a new one
+    __table_args__ = (CheckConstraint("credits >= 0", name="credits_not_negative"),
+                      {"sqlite_autoincrement": True})
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    credits: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    plan: Mapped[str] = mapped_column(String(16), default="free", server_default="free")
+    #: The Stripe subscription's status (active, past_due, canceled, …) and period end.
+    plan_status: Mapped[str | None] = mapped_column(String(32))
+    plan_period_end: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    #: ``created`` (Unix s) of the newest subscription event applied: an older one arriving
+    #: late changes nothing.
+    plan_event_at: Mapped[int | None] = mapped_column(BigInteger)
+    stripe_customer_id: Mapped[str | None] = mapped_column(String(100), unique=True)
+    stripe_subscription_id: Mapped[str | None] = mapped_column(String(100))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class User(Base):
+    """An account: an e-mail address and an argon2 password hash."""
+
+    __tablename__ = "users"
+    __table_args__ = ({"sqlite_autoincrement": True},)  # ids never reused (Organisation)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    email: Mapped[str] = mapped_column(String(254), unique=True)  # lower-case
+    password_hash: Mapped[str] = mapped_column(String(200))
+    #: Part of every login session's identity: a new one (a password change or reset, an
+    #: erasure) ends every session of the account.
+    session_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    confirmed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    last_login_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    locked_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class Membership(Base):
+    """A user's place in an organisation: ``owner`` or ``member``; one organisation each."""
+
+    __tablename__ = "memberships"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"),
+                                         primary_key=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("organisations.id", ondelete="CASCADE"),
+                                        index=True)
+    role: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class Invitation(Base):
+    """An invitation to join an organisation, sent by e-mail: only the token's SHA-256 is
+    kept; it expires, and goes when accepted."""
+
+    __tablename__ = "invitations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("organisations.id", ondelete="CASCADE"),
+                                        index=True)
+    email: Mapped[str] = mapped_column(String(254))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    invited_by: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class CreditEntry(Base):
+    """One change of an organisation's credits: a purchase or a plan month (with its Stripe
+    reference, unique, so a payment grants once), a job taking credits, a job's credits given
+    back, a grant by the operator, a move between organisations.
+
+    When an account is erased its purchases stay as invoice references (the law keeps them):
+    ``org_id`` and ``job_id`` cleared, ``erased_at`` set; they go after the legal window.
+    """
+
+    __tablename__ = "credit_ledger"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"),
+                                    primary_key=True)
+    org_id: Mapped[int | None] = mapped_column(
+        ForeignKey("organisations.id", ondelete="SET NULL"), index=True)
+    delta: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(String(16))  # see dicomstl.credits.REASONS
+    job_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    stripe_ref: Mapped[str | None] = mapped_column(String(100), unique=True)
+    amount_cents: Mapped[int | None] = mapped_column(BigInteger)
+    currency: Mapped[str | None] = mapped_column(String(3))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    erased_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, index=True)
+
+
+class StripeEvent(Base):
+    """A Stripe webhook event applied (its id, once): a second delivery changes nothing."""
+
+    __tablename__ = "stripe_events"
+
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    type: Mapped[str] = mapped_column(String(100))
+    created: Mapped[int] = mapped_column(BigInteger)  # Stripe's time of the event, Unix s
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class Inquiry(Base):
+    """A message from the contact form; deleted after 12 months (scheduler/)."""
+
+    __tablename__ = "inquiries"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    email: Mapped[str] = mapped_column(String(254))
+    message: Mapped[str] = mapped_column(Text)
+    account_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"),
+                                                   index=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, index=True)
 
 

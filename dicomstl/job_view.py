@@ -13,7 +13,8 @@ from dicomstl.db import Job
 from dicomstl.options import STAGES
 
 
-def _iso(value: dt.datetime | None) -> str | None:
+def iso(value: dt.datetime | None) -> str | None:
+    """A UTC time as ISO 8601 with a Z (None stays None)."""
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
@@ -22,13 +23,13 @@ def public_view(job: Job) -> dict:
     done = [s for s in STAGES if s in (job.stages_done or [])]
     return {
         "id": job.id, "state": job.state, "queue": job.queue, "options": job.options,
-        "created_at": _iso(job.created_at), "queued_at": _iso(job.queued_at),
-        "started_at": _iso(job.started_at), "finished_at": _iso(job.finished_at),
-        "deleted_at": _iso(job.deleted_at), "delete_after": _iso(job.delete_after),
+        "created_at": iso(job.created_at), "queued_at": iso(job.queued_at),
+        "started_at": iso(job.started_at), "finished_at": iso(job.finished_at),
+        "deleted_at": iso(job.deleted_at), "delete_after": iso(job.delete_after),
         "attempts": job.attempts, "stage": job.stage, "stages": list(STAGES),
         "stages_done": done, "progress": round(len(done) / len(STAGES), 3)
         if job.state != "done" else 1.0,
         "message": job.message, "choices": job.choices, "report": job.report,
         "upload": {"files": job.upload_files, "bytes": job.upload_bytes},
-        "result_bytes": job.result_bytes,
+        "result_bytes": job.result_bytes, "credits": job.credits or 0,
     }

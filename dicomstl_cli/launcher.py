@@ -203,6 +203,12 @@ def up(settings: Settings) -> int:
         print("Prometheus metrics: " + ", ".join(
             f"{name} http://{settings.metrics_host}:{p}/metrics"
             for name, p in metrics.items() if p), flush=True)
+    if not settings.smtp_url:
+        print(f"E-mail (account confirmations, password resets) is written to "
+              f"{settings.mail_dir}/ (DICOMSTL_SMTP_URL sends it)", flush=True)
+    if not settings.billing_enabled:
+        print("Payments are off (no Stripe keys); grant credits with `dicomstl credits grant "
+              "EMAIL N`", flush=True)
     status = 0
     while not stopping:
         if not supervisor.check():

@@ -1,6 +1,6 @@
 """The service's commands: ``up``, ``serve``, ``worker``, ``scheduler``, ``migrate``,
-``apikey``, ``health`` (``dicomstl_cli.health``) and ``submit`` (the bulk API from a
-clinic's side)."""
+``apikey``, ``credits``, ``health`` (``dicomstl_cli.health``) and ``submit`` (the bulk API
+from a clinic's side)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from dicomstl_cli import health
 
 err = Console(stderr=True)
 out = Console()
-SERVICE_COMMANDS = ("up", "serve", "worker", "scheduler", "migrate", "apikey", "health",
-                    "submit")
+SERVICE_COMMANDS = ("up", "serve", "worker", "scheduler", "migrate", "apikey", "credits",
+                    "health", "submit")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -35,9 +35,22 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     ks = k.add_subparsers(dest="apikey_command", required=True)
     kc = ks.add_parser("create", help="make a key (shown once)")
     kc.add_argument("--name", required=True, help="who the key is for, e.g. the clinic")
+    kc.add_argument("--account", metavar="EMAIL",
+                    help="the account whose organisation owns the key (its jobs take that "
+                         "organisation's credits); without it, an operator's key whose jobs "
+                         "cost nothing")
     ks.add_parser("list", help="list keys (prefixes, never the keys)")
     kr = ks.add_parser("revoke", help="revoke a key by its prefix")
     kr.add_argument("prefix")
+
+    c = sub.add_parser("credits", help="grant credits to an account (payments off, or a "
+                                       "goodwill gesture); show a balance")
+    cs = c.add_subparsers(dest="credits_command", required=True)
+    cg = cs.add_parser("grant", help="add credits to the organisation of an account")
+    cg.add_argument("email")
+    cg.add_argument("credits", type=int)
+    cb = cs.add_parser("show", help="an account's organisation: balance and recent ledger")
+    cb.add_argument("email")
 
     b = sub.add_parser("submit", help="upload series to a dicomstl server and fetch the models",
                        description="Each argument is one series (a folder, files or a .zip). "
@@ -91,14 +104,52 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "migrate":
         out.print("database is at the newest schema")
         return 0
+    if args.command == "credits":
+        return _credits(args, settings.database_url)
     return _apikey(args, settings.database_url)
+
+
+def _organisation_of(url: str, email: str):
+    """The organisation of the account with this address, or None (after saying so)."""
+    from dicomstl import accounts, organisations
+
+    user = accounts.find_user(url, email)
+    if user is None:
+        err.print(f"no account has the address {escape(email)}")
+        return None
+    return organisations.place_of(url, user.id).org
+
+
+def _credits(args: argparse.Namespace, url: str) -> int:
+    from dicomstl import credits
+    from dicomstl.db import session_scope
+
+    org = _organisation_of(url, args.email)
+    if org is None:
+        return 2
+    if args.credits_command == "grant":
+        if not 0 < args.credits <= 1_000_000:
+            err.print("grant 1 to 1,000,000 credits")
+            return 2
+        with session_scope(url) as session:
+            credits.grant(session, org.id, args.credits, "grant")
+    out.print(f"balance: {credits.balance(url, org.id)} credit(s)")
+    for entry in credits.history(url, org.id, 10) if args.credits_command == "show" else ():
+        print(f"{entry.created_at:%Y-%m-%d %H:%M}  {entry.delta:+6d}  {entry.reason}")
+    return 0
 
 
 def _apikey(args: argparse.Namespace, url: str) -> int:
     from dicomstl import apikeys
 
     if args.apikey_command == "create":
-        key = apikeys.create_key(url, args.name)
+        org_id = None
+        if args.account:
+            org = _organisation_of(url, args.account)
+            if org is None:
+                return 2
+            org_id = org.id
+        key = apikeys.create_key(url, args.name, org_id)
         out.print(f"API key for {escape(key.name)} (shown once; keep it secret):")
         print(key.key)
         out.print("webhook secret (verifies the X-Dicomstl-Signature of callbacks):")
@@ -108,7 +159,8 @@ def _apikey(args: argparse.Namespace, url: str) -> int:
         for row in apikeys.list_keys(url):
             state = f"revoked {row.revoked_at:%Y-%m-%d}" if row.revoked_at else "active"
             used = f"{row.last_used_at:%Y-%m-%d %H:%M}" if row.last_used_at else "never"
-            print(f"{row.prefix}  {state:<18} last used {used:<16}  {row.name}")
+            owner = f"organisation {row.org_id}" if row.org_id else "operator"
+            print(f"{row.prefix}  {state:<18} last used {used:<16}  {owner:<18}  {row.name}")
         return 0
     if not apikeys.revoke_key(url, args.prefix):
         err.print(f"no key with prefix {escape(args.prefix)}")

@@ -26,7 +26,7 @@ OVERDUE_GRACE_S = 60
 #: Where the files of jobs in each state are: an upload until the conversion ends, then a
 #: result.
 HOLDS_UPLOAD = ("uploaded", "queued", "running")
-DELETION_KINDS = ("upload", "result", "incoming", "orphan", "redis_job",
+DELETION_KINDS = ("upload", "result", "incoming", "orphan", "mail", "redis_job",
                   *(rule.kind for rule in ROW_RULES))
 
 OLDEST_UPLOAD = Gauge("dicomstl_retention_oldest_upload_age_seconds",
@@ -88,6 +88,8 @@ def observe(settings: Settings, now: dt.datetime, leading: bool,
     OVERDUE.labels("result").set(overdue_results or 0)
     parts_cutoff = late.timestamp() - settings.upload_ttl_s
     OVERDUE.labels("incoming").set(sum(t < parts_cutoff for t in incoming))
+    mail_cutoff = late.timestamp() - settings.mail_keep_s
+    OVERDUE.labels("mail").set(sum(t < mail_cutoff for _p, t in storage.mail_files(settings)))
     for rule in rules:
         OVERDUE.labels(rule.kind).set(count_rows_before(settings, rule, rule.cutoff(late)))
     _observe_queues(settings)

@@ -5,8 +5,8 @@ conversion ends (the worker deletes it, and ``scan_files`` deletes any it left).
 Every deletion is idempotent: a sweep that stops half-way (a killed scheduler, a lost
 database) is finished by the next one, and two schedulers running at once delete each item
 once (``jobs.mark_deleted`` is a conditional update). Counts are by kind: ``upload``,
-``result``, ``incoming``, ``orphan`` (files of no live job), ``redis_job`` and one kind per
-row rule.
+``result``, ``incoming``, ``orphan`` (files of no live job), ``mail`` (copies of e-mails),
+``redis_job`` and one kind per row rule.
 """
 
 from __future__ import annotations
@@ -92,8 +92,8 @@ def _job_states(settings: Settings, job_ids: list[str]) -> dict[str, str]:
 
 def scan_files(settings: Settings, now: dt.datetime, counts: Counter) -> None:
     """Delete what no live job should have on disk: folders of deleted or unknown jobs, the
-    upload (and preview) of a job whose conversion ended, a failed job's result, and stale
-    upload parts."""
+    upload (and preview) of a job whose conversion ended, a failed job's result, stale
+    upload parts; and copies of e-mails past ``mail_keep_s``."""
     entries = list(settings.jobs_dir.iterdir())
     states = _job_states(settings, [p.name for p in entries])
     for path in entries:
@@ -118,6 +118,7 @@ def scan_files(settings: Settings, now: dt.datetime, counts: Counter) -> None:
             counts["result"] += 1
     counts["incoming"] += storage.sweep_incoming(settings, settings.upload_ttl_s,
                                                  now.timestamp())
+    counts["mail"] += storage.sweep_mail(settings, now.timestamp())
 
 
 def scan_redis(settings: Settings, counts: Counter) -> None:

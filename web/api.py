@@ -1,21 +1,26 @@
 """The bulk API for clinics, ``/api/v1`` (JSON; see ``/api/v1/openapi.json``).
 
 Every call but the OpenAPI document needs ``Authorization: Bearer <API key>``; a key sees only
-its own jobs. ``POST /jobs`` takes a multipart upload (``files``: DICOM files or one .zip;
-``options``: a JSON object; ``callback_url``) and honours an ``Idempotency-Key`` header.
+its organisation's jobs (an operator's key, its own). ``POST /jobs`` takes a multipart upload
+(``files``: DICOM files or one .zip; ``options``: a JSON object; ``callback_url``), honours an
+``Idempotency-Key`` header and takes the organisation's credits (402 when they do not cover
+it). ``GET /account`` and ``GET /account/export`` also answer a logged-in browser.
 """
 
 from __future__ import annotations
 
 import json
 
-from flask import Blueprint, abort, current_app, g, request, url_for
+from flask import Blueprint, abort, current_app, g, jsonify, request, url_for
 
-from dicomstl import apikeys, jobs
+from dicomstl import apikeys, jobs, privacy
 from dicomstl.callback_url import CallbackURLError, check_callback_url
+from dicomstl.credits import NoCredits
 from dicomstl.errors import ConversionError
 from dicomstl.job_view import public_view
 from dicomstl.options import parse_options
+from dicomstl.organisations import get_org
+from web import charging, login
 from web.ip_log import logged_as
 from web.metrics import count_upload
 from web.openapi import spec
@@ -26,6 +31,8 @@ from web.uploads import file_digests, take_files
 api = Blueprint("api", __name__)
 
 PUBLIC = {"api.openapi"}
+#: Routes a logged-in browser may call with its session instead of a key (reads only).
+SESSION_TOO = {"api.account", "api.export_account"}
 MAX_OFFSET = 10**9
 
 
@@ -33,15 +40,17 @@ MAX_OFFSET = 10**9
 def authenticate():
     if request.endpoint in PUBLIC:
         return None
-    header = request.headers.get("Authorization", "")
-    scheme, _, key = header.partition(" ")
-    row = apikeys.authenticate(current_app.config["SETTINGS"].database_url, key.strip()) \
-        if scheme.lower() == "bearer" else None
-    if row is None:
-        return {"error": "a valid API key is needed: Authorization: Bearer <key>"}, 401, \
-            {"WWW-Authenticate": 'Bearer realm="dicomstl"'}
-    g.owner = f"key:{row.id}"
-    return None
+    row = login.request_key()
+    if row is not None:
+        g.owner, g.org_id, g.user_id = apikeys.owner_of(row), row.org_id, None
+        return None
+    me = login.account()
+    if request.endpoint in SESSION_TOO and me is not None \
+            and "Authorization" not in request.headers:
+        g.owner, g.org_id, g.user_id = me.jobs_owner, me.org.id, me.id
+        return None
+    return {"error": "a valid API key is needed: Authorization: Bearer <key>"}, 401, \
+        {"WWW-Authenticate": 'Bearer realm="dicomstl"'}
 
 
 def _view(job) -> dict:
@@ -102,12 +111,18 @@ def submit():
     except ConversionError as exc:
         return _bad(str(exc))
     try:
+        earlier = key and jobs.find_idempotent(settings.database_url, g.owner, key)
+        charge = None if earlier else charging.for_key(  # the balance: when it is taken
+            login.request_key(), sum(f.stat().st_size for f in files), check_balance=False)
         job, created = jobs.create_job(
             settings, g.owner, options, files, "bulk", idempotency_key=key,
             callback_url=callback,
-            submitted_hash=jobs.request_hash(options, callback, file_digests(files)))
+            submitted_hash=jobs.request_hash(options, callback, file_digests(files)),
+            charge=charge, api_key_id=login.request_key().id)
     except jobs.IdempotencyConflict as exc:
         return _bad(str(exc), 422)
+    except (NoCredits, charging.PlanRequired) as exc:
+        return charging.refusal(exc)
     if created:
         count_upload("api", job.upload_bytes)
     return _view(job), 201 if created else 200, {"Location": url_for("api.get_job",
@@ -192,3 +207,32 @@ def choose_level(job_id: str):
     except ConversionError as exc:
         return _bad(str(exc))
     return _view(job)
+
+
+@api.get("/account")
+@logged_as("api")
+def account():
+    """The organisation's balance and plan (an operator's key has neither)."""
+    if g.org_id is None:
+        return _bad("this key belongs to no account (an operator's key)", 404)
+    settings = current_app.config["SETTINGS"]
+    org = get_org(settings.database_url, g.org_id)
+    return {"organisation": org.name, "credits": org.credits, "plan": org.plan,
+            "plan_status": org.plan_status,
+            "credit_upload_bytes": settings.credit_upload_bytes,
+            "pricing_url": url_for("billing.pricing")}
+
+
+@api.get("/account/export")
+@logged_as("api")
+def export_account():
+    """Everything held about the account (a logged-in browser) or the key's organisation,
+    as a JSON download."""
+    if g.org_id is None:
+        return _bad("this key belongs to no account (an operator's key)", 404)
+    settings = current_app.config["SETTINGS"]
+    data = privacy.export(settings, user_id=g.user_id, org_id=g.org_id)
+    response = jsonify(data)
+    response.headers["Content-Disposition"] = 'attachment; filename="dicomstl-export.json"'
+    response.headers["Cache-Control"] = "no-store"
+    return response

@@ -38,11 +38,14 @@ def error_text(exc: HTTPException) -> str:
     return f"the upload is larger than the limit of {limit}; split it or crop it first"
 
 
-def answer(code: int, message: str, headers: dict | None = None):
-    """An error answer in the request's format."""
+def answer(code: int, message: str, headers: dict | None = None, *,
+           link: tuple[str, str] | None = None, extra: dict | None = None):
+    """An error answer in the request's format; ``link`` (URL, text) shows on the HTML page,
+    ``extra`` adds fields to the JSON."""
     if wants_json():
-        return {"error": message}, code, headers or {}
-    return render_template("error.html", code=code, message=message), code, headers or {}
+        return {"error": message, **(extra or {})}, code, headers or {}
+    return render_template("error.html", code=code, message=message, link=link), code, \
+        headers or {}
 
 
 def http_error(exc: HTTPException):

@@ -52,6 +52,23 @@ def _no_store_error(description: str) -> dict:
     return {**_error(description), "headers": NO_STORE}
 
 
+#: 402: what the credits lack (``web/charging.py``).
+PAYMENT_NEEDED = {
+    "type": "object", "required": ["error", "pricing_url"], "properties": {
+        "error": {"type": "string"},
+        "balance": {"type": "integer", "description": "the organisation's credits now"},
+        "needed": {"type": "integer", "description": "credits this upload costs"},
+        "pricing_url": {"type": "string"}}}
+ACCOUNT = {
+    "type": "object", "required": ["credits", "plan"], "properties": {
+        "organisation": {"type": "string"}, "credits": {"type": "integer"},
+        "plan": {"type": "string", "enum": ["free", "clinic"]},
+        "plan_status": _nullable("string"),
+        "credit_upload_bytes": {"type": "integer",
+                                "description": "one credit per upload up to this size, one "
+                                               "more per further block"},
+        "pricing_url": {"type": "string"}}}
+
 #: The threshold preview (``gpu_worker/preview.py`` makes it; ``web/previews.py`` sends it).
 PREVIEW = {
     "type": "object",
@@ -90,9 +107,27 @@ PREVIEW = {
 }
 
 
+TOO_MANY = {"description": "over a rate limit (per key): wait Retry-After seconds",
+            "headers": {"Retry-After": {"schema": {"type": "string"}}},
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def _with_rate_limits(document: dict) -> dict:
+    """Every keyed operation may answer 429 (``web.security``)."""
+    for path in document["paths"].values():
+        for method, operation in path.items():
+            if method in ("get", "post", "delete") and operation.get("security") != []:
+                operation["responses"].setdefault("429", TOO_MANY)
+    return document
+
+
 @cache
 def spec(settings: Settings) -> dict:
     """The document for one server's settings (its retention promise)."""
+    return _with_rate_limits(_document(settings))
+
+
+def _document(settings: Settings) -> dict:
     options = {name: {"type": kind} for name, (kind, _types) in OPTION_TYPES.items()}
     for name, (low, high, unit) in LIMITS.items():
         if name in options:
@@ -151,6 +186,9 @@ def spec(settings: Settings) -> dict:
                                       "mm³, printer bed fit, material cm³ and g)"},
             "upload": {"type": "object"},
             "result_bytes": _nullable("integer"),
+            "credits": {"type": "integer", "minimum": 0,
+                        "description": "credits the job took (given back if it ends without "
+                                       "a model)"},
             "links": {"type": "object"},
         },
     }
@@ -172,6 +210,8 @@ def spec(settings: Settings) -> dict:
                 "Job": job,
                 "Readiness": READINESS,
                 "Preview": PREVIEW,
+                "PaymentNeeded": PAYMENT_NEEDED,
+                "Account": ACCOUNT,
             },
         },
         "security": bearer,
@@ -235,6 +275,11 @@ def spec(settings: Settings) -> dict:
                                                 "a refused callback_url, or no files"),
                                   "401": _error("no valid API key"),
                                   "413": _error("upload too large"),
+                                  "402": {"description": "the organisation's credits "
+                                                         "do not cover the upload, or its "
+                                                         "clinic plan is not running",
+                                          "content": {"application/json": {"schema": {
+                                              "$ref": "#/components/schemas/PaymentNeeded"}}}},
                                   "422": _error("Idempotency-Key used before for a "
                                                 "different request"),
                                   "503": _error("the queue is unreachable; nothing was "
@@ -328,6 +373,28 @@ def spec(settings: Settings) -> dict:
                             "404": _no_store_error("no such job, plane or preview"),
                             "409": _no_store_error("the preview is not ready yet")}},
             },
+            "/account": {
+                "get": {"operationId": "getAccount",
+                        "summary": "The key's organisation: credits and plan",
+                        "responses": {
+                            "200": {"description": "the organisation",
+                                    "content": {"application/json": {"schema": {
+                                        "$ref": "#/components/schemas/Account"}}}},
+                            "401": _error("no valid API key"),
+                            "404": _error("an operator's key: it belongs to no account")}}},
+            "/account/export": {
+                "get": {"operationId": "exportAccount",
+                        "summary": "Everything held about the account (a logged-in browser) "
+                                   "or the key's organisation, as JSON",
+                        "responses": {
+                            "200": {"description": "the export (a download)",
+                                    "content": {"application/json": {"schema": {
+                                        "type": "object",
+                                        "required": ["exported_at", "organisation", "jobs",
+                                                     "credit_ledger", "payments",
+                                                     "retention"]}}}},
+                            "401": _error("no valid API key or login"),
+                            "404": _error("an operator's key: it belongs to no account")}}},
             "/jobs/{job_id}/level": {
                 "parameters": [JOB_ID],
                 "post": {"operationId": "chooseLevel",

@@ -1,13 +1,12 @@
 """Server-rendered pages: upload form, series choice, job page with live progress and preview.
 
-A browser's jobs belong to its session: a random token in the signed session cookie, kept in
-the database only as a hash. Other sessions' jobs are "not found".
+A browser's jobs belong to its logged-in account's organisation, or, for a visitor, to its
+session (``web.login``). Others' jobs are "not found". An upload is paid for in credits or
+from the free tier (``web.charging``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import secrets
 from pathlib import Path
 
 from flask import (
@@ -19,17 +18,20 @@ from flask import (
     render_template,
     request,
     send_file,
-    session,
     url_for,
 )
 
-from dicomstl import jobs
+from dicomstl import credits, free_tier, jobs
+from dicomstl.credits import NoCredits
 from dicomstl.errors import ConversionError
+from dicomstl.free_tier import FreeTierRefused
 from dicomstl.job_view import public_view
 from dicomstl.options import FORMATS, LIMITS, PRESETS, STAGES, form_options
 from dicomstl.settings import Settings
+from web import charging, login
 from web.errors import answer, wants_json
 from web.ip_log import logged_as
+from web.login import browser_owner
 from web.metrics import count_upload
 from web.openapi import spec
 from web.previews import no_store, preview_json, preview_png
@@ -49,18 +51,8 @@ def _settings() -> Settings:
     return current_app.config["SETTINGS"]
 
 
-def _owner(create: bool = False) -> str | None:
-    token = session.get("owner")
-    if token is None:
-        if not create:
-            return None
-        token = session["owner"] = secrets.token_urlsafe(32)
-        session.permanent = True
-    return "web:" + hashlib.sha256(token.encode()).hexdigest()[:40]
-
-
 def _job(job_id: str):
-    owner = _owner()
+    owner = browser_owner()
     if owner is None:
         abort(404, "no such job (it may have been deleted)")
     try:
@@ -79,8 +71,15 @@ def no_store_previews(response):
 
 @pages.get("/")
 def home():
+    settings = _settings()
+    me = login.account()
     return render_template("home.html", presets=PRESETS.values(), formats=FORMATS,
-                           limits=LIMITS, defaults=FORM_DEFAULTS)
+                           limits=LIMITS, defaults=FORM_DEFAULTS, me=me,
+                           balance=credits.balance(settings.database_url, me.org.id)
+                           if me else None,
+                           free_left=free_tier.left(settings, request.remote_addr or ""),
+                           free_per_day=settings.free_conversions_per_day,
+                           free_mb=settings.free_upload_bytes / 1024**2)
 
 
 @pages.get("/api")
@@ -105,8 +104,12 @@ def upload():
         parts = take_files()
     except ConversionError as exc:
         return answer(400, str(exc))
-    job, _created = jobs.create_job(_settings(), _owner(create=True), options, parts,
-                                    "interactive")
+    try:
+        charge = charging.for_browser(sum(part.stat().st_size for part in parts))
+        job, _created = jobs.create_job(_settings(), browser_owner(create=True), options,
+                                        parts, "interactive", charge=charge)
+    except (NoCredits, FreeTierRefused) as exc:
+        return charging.refusal(exc)
     count_upload("form", job.upload_bytes)
     target = url_for("pages.job_page", job_id=job.id)
     if wants_json():
@@ -140,7 +143,8 @@ def job_status(job_id: str):
 def choose(job_id: str):
     _job(job_id)
     try:
-        jobs.choose_series(_settings(), job_id, _owner(), request.form.get("series", ""))
+        jobs.choose_series(_settings(), job_id, browser_owner(),
+                           request.form.get("series", ""))
     except jobs.JobConflict as exc:
         abort(409, str(exc))
     return redirect(url_for("pages.job_page", job_id=job_id), 303)
@@ -164,7 +168,7 @@ def choose_level(job_id: str):
     _job(job_id)
     try:
         level = float(request.form.get("level", ""))
-        jobs.choose_level(_settings(), job_id, _owner(), level)
+        jobs.choose_level(_settings(), job_id, browser_owner(), level)
     except ValueError:
         return answer(400, "the level must be a number (HU for CT, stored units for MR)")
     except ConversionError as exc:
@@ -183,5 +187,5 @@ def download(job_id: str):
 @pages.post("/jobs/<job_id>/delete")
 def delete(job_id: str):
     _job(job_id)
-    jobs.delete_job(_settings(), job_id, _owner())
+    jobs.delete_job(_settings(), job_id, browser_owner())
     return redirect(url_for("pages.job_page", job_id=job_id), 303)

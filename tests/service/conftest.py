@@ -6,12 +6,10 @@ from __future__ import annotations
 import secrets
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
 
 from dicomstl import apikeys
 from dicomstl.db import migrate
@@ -19,7 +17,7 @@ from dicomstl.queue import start_embedded_redis
 from dicomstl.settings import Settings, load_settings
 from gpu_worker.tasks import use_settings
 from tests.dicom_factory import lps_grid, sphere_hu, write_series
-from tests.service.helpers import free_port, spawn, stop
+from tests.service.helpers import free_port, serve, spawn, stop
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -129,19 +127,6 @@ def worker(service_env: dict[str, str], settings: Settings, tmp_path: Path):
 def web_url(service_env: dict[str, str], settings: Settings, tmp_path: Path) -> Iterator[str]:
     """The web app under gunicorn on a free port; its base URL."""
     port = free_port()
-    env = {**service_env, "DICOMSTL_PORT": str(port)}
-    proc = spawn(["serve"], env, tmp_path / "web.log")
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if requests.get(url + "/healthz", timeout=2).ok:
-                break
-        except requests.ConnectionError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            stop(proc)
-            pytest.fail("the web app did not start:\n" + (tmp_path / "web.log").read_text())
-        time.sleep(0.2)
-    yield url
+    proc = serve(service_env, tmp_path / "web.log", port)
+    yield f"http://127.0.0.1:{port}"
     stop(proc)

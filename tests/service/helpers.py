@@ -89,3 +89,24 @@ def command_line(pid: int) -> str:
             errors="replace")
     except OSError:
         return ""
+
+
+def serve(env: dict[str, str], log: Path, port: int) -> subprocess.Popen:
+    """The web app under gunicorn (``dicomstl serve``) on ``port``, once it answers
+    ``/healthz``; the test fails with its log if it does not start within a minute."""
+    import pytest
+    import requests
+
+    proc = spawn(["serve"], {**env, "DICOMSTL_PORT": str(port)}, log)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if requests.get(url + "/healthz", timeout=2).ok:
+                return proc
+        except requests.ConnectionError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop(proc)
+            pytest.fail("the web app did not start:\n" + log.read_text())
+        time.sleep(0.2)

@@ -276,7 +276,7 @@ def callback_job(settings: Settings, api_key: apikeys.NewKey):
         part = settings.incoming_dir / "part-test"
         part.write_bytes(b"not DICOM: the job is never run")
         job, _ = jobs.create_job(settings, f"key:{api_key.id}", {}, [part], "bulk",
-                                 callback_url=url)
+                                 callback_url=url, api_key_id=api_key.id)
         with session_scope(settings.database_url) as session:
             session.execute(update(Job).where(Job.id == job.id).values(callback_pending=True))
         return job.id

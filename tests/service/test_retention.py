@@ -16,11 +16,20 @@ from dataclasses import replace
 import pytest
 from prometheus_client import REGISTRY
 from rq.job import Job as RQJob
-from sqlalchemy import Column, Integer, MetaData, Table, Text, func, insert, select
+from sqlalchemy import func, select
 
 from dicomstl import iplog, jobs, storage
-from dicomstl.db import IpLogEntry, Job, UTCDateTime, engine_for, session_scope, utcnow
+from dicomstl.db import (
+    CreditEntry,
+    Inquiry,
+    IpLogEntry,
+    Job,
+    StripeEvent,
+    session_scope,
+    utcnow,
+)
 from dicomstl.queue import connect
+from dicomstl.retention_policy import INVOICE_KEEP
 from scheduler import retention
 from scheduler.lease import LEASE_KEY, Lease
 from scheduler.main import Scheduler
@@ -130,7 +139,7 @@ def test_a_run_moves_the_deadline_to_the_latest_it_can_end(settings):
     assert retention.next_deadline(settings) == expected
 
 
-def test_row_rules_ip_log_deleted_jobs_and_a_new_table(settings):
+def test_row_rules_ip_log_deleted_jobs_inquiries_payments_events(settings):
     t = utcnow()
     url = settings.database_url
     iplog.record(url, "203.0.113.7", "api", "/api/v1/jobs", now=t - dt.timedelta(days=31))
@@ -146,20 +155,26 @@ def test_row_rules_ip_log_deleted_jobs_and_a_new_table(settings):
     assert _state(settings, recent) == "deleted" and _state(settings, live) == "done"
     assert not _has_files(settings, old) and not _has_files(settings, recent)
 
-    # A table that does not exist yet (the contact form's) is one rule away.
-    inquiries = Table("inquiries", MetaData(), Column("id", Integer, primary_key=True),
-                      Column("created_at", UTCDateTime), Column("body", Text))
-    inquiries.create(engine_for(url))
+    # The contact form's inquiries: 12 months; erased accounts' payment references: the
+    # legal window; expired invitations; Stripe event ids: 30 days. Rows without a time stay.
     with session_scope(url) as session:
-        session.execute(insert(inquiries), [
-            {"created_at": t - dt.timedelta(days=366), "body": "old"},
-            {"created_at": t - dt.timedelta(days=364), "body": "new"},
-            {"created_at": None, "body": "undated"}])
-    rule = retention.RowRule("inquiry", "inquiries", "created_at", dt.timedelta(days=365))
-    counts = retention.sweep(settings, t, rules=(*retention.ROW_RULES, rule))
-    assert counts["inquiry"] == 1
+        session.add_all([
+            Inquiry(email="old@example.com", message="old", created_at=t - dt.timedelta(days=366)),
+            Inquiry(email="new@example.com", message="new", created_at=t - dt.timedelta(days=364)),
+            CreditEntry(delta=10, reason="purchase", stripe_ref="cs_old", created_at=t,
+                        erased_at=t - INVOICE_KEEP - dt.timedelta(days=1)),
+            CreditEntry(delta=10, reason="purchase", stripe_ref="cs_kept", created_at=t,
+                        erased_at=t - INVOICE_KEEP + dt.timedelta(days=1)),
+            CreditEntry(delta=10, reason="purchase", stripe_ref="cs_live", created_at=t),
+            StripeEvent(id="evt_old", type="invoice.paid", created=0,
+                        received_at=t - dt.timedelta(days=31)),
+            StripeEvent(id="evt_new", type="invoice.paid", created=0, received_at=t)])
+    counts = retention.sweep(settings, t)
+    assert (counts["inquiry"], counts["payment_record"], counts["stripe_event"]) == (1, 1, 1)
     with session_scope(url) as session:
-        assert sorted(session.scalars(select(inquiries.c.body))) == ["new", "undated"]
+        assert session.scalars(select(Inquiry.message)).all() == ["new"]
+        assert sorted(session.scalars(select(CreditEntry.stripe_ref))) == ["cs_kept", "cs_live"]
+        assert session.scalars(select(StripeEvent.id)).all() == ["evt_new"]
 
 
 def test_web_writes_one_ip_log_row_per_upload_and_api_call(app, settings, api_key):
@@ -372,3 +387,21 @@ def test_the_leader_wakes_at_the_next_deadline_and_a_standby_waits_the_interval(
     assert 15 <= leader.seconds_to_next_pass() < 15.1
     assert standby.seconds_to_next_pass() == 60  # it deletes nothing: no reason to wake
     leader.lease.release()
+
+
+def test_copies_of_mail_go_after_their_window(settings):
+    from dicomstl import mail
+    from scheduler import metrics
+
+    settings = replace(settings, mail_keep_s=3600)
+    old = mail.write(settings, mail.message(settings, "x@example.org", "old", "a link"))
+    new = mail.write(settings, mail.message(settings, "x@example.org", "new", "a link"))
+    now = utcnow()
+    os.utime(old, (now.timestamp() - 3600 - 61,) * 2)
+    metrics.observe(settings, now, leading=True)
+    assert REGISTRY.get_sample_value("dicomstl_retention_overdue_items", {"kind": "mail"}) == 1
+    counts = retention.sweep(settings, now)
+    assert counts["mail"] == 1 and not old.exists() and new.exists()
+    assert oct(new.stat().st_mode & 0o777) == "0o600"
+    metrics.observe(settings, now, leading=True)
+    assert REGISTRY.get_sample_value("dicomstl_retention_overdue_items", {"kind": "mail"}) == 0

@@ -28,6 +28,10 @@ def test_up_runs_everything_and_ctrl_c_stops_it(tmp_path):
         url = line.group(1)
         wait_for(lambda: _ok(url + "/healthz"), 60, "the web app")
         assert "Convert a DICOM series" in requests.get(url + "/", timeout=5).text
+        # the embedded defaults say what they are: mail to a folder, payments off
+        assert f"written to {tmp_path / 'var' / 'mail'}/" in log.read_text()
+        assert "Payments are off" in log.read_text()
+        assert "Payments are off" in requests.get(url + "/pricing", timeout=5).text
         wait_for(lambda: "worker ready" in log.read_text(), 60, "the worker")
         children = descendants(proc.pid)
         names = " ".join(Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")

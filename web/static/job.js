@@ -24,3 +24,9 @@
   }
   setTimeout(poll, 300);
 })();
+
+// Segment colour swatches: the colour comes as data (a style attribute would need the CSP to
+// allow inline styles).
+for (const swatch of document.querySelectorAll(".swatch[data-color]")) {
+  if (/^#[0-9a-fA-F]{6}$/.test(swatch.dataset.color)) swatch.style.background = swatch.dataset.color;
+}

@@ -57,8 +57,13 @@
     describe();
   });
 
-  function fail(message) {
+  function fail(message, pricingUrl) {
     errorBox.textContent = message;
+    if (pricingUrl) {  // 402: no credits (or the free tier is used up)
+      const link = document.createElement("a");
+      link.href = pricingUrl; link.id = "pricing-link"; link.textContent = "See the prices";
+      errorBox.append(" ", link);
+    }
     errorBox.hidden = false;
     document.getElementById("submit").disabled = false;
   }
@@ -95,7 +100,7 @@
       try { body = JSON.parse(xhr.responseText); } catch (_) { /* an HTML error page */ }
       if (xhr.status === 201 && body.url) { text.textContent = "Uploaded; starting…"; location.href = body.url; }
       else if (xhr.status === 413) fail("The upload is larger than the server's limit. Split it or crop it first.");
-      else fail(body.error || `The upload failed (HTTP ${xhr.status}).`);
+      else fail(body.error || `The upload failed (HTTP ${xhr.status}).`, body.pricing_url);
     });
     xhr.addEventListener("error", () => fail("The upload was interrupted. Check the connection and try again."));
     xhr.send(data);

@@ -32,6 +32,26 @@ def test_what_users_read_says_the_configured_times(tmp_path):
         "90.5 seconds"]
 
 
-def test_row_rules_keep_the_ip_log_and_deleted_jobs_30_days():
+def test_row_rules_are_the_promised_windows():
     windows = {rule.kind: rule.window for rule in policy.ROW_RULES}
-    assert windows == {"ip_log": dt.timedelta(days=30), "job_record": dt.timedelta(days=30)}
+    assert windows == {
+        "ip_log": dt.timedelta(days=30), "job_record": dt.timedelta(days=30),
+        "inquiry": dt.timedelta(days=365), "invitation": dt.timedelta(0),
+        "stripe_event": dt.timedelta(days=30), "payment_record": dt.timedelta(days=3650)}
+    assert policy.duration_words(dt.timedelta(days=3650).total_seconds()) == "10 years"
+
+
+def test_promises_say_every_window_the_scheduler_enforces(tmp_path):
+    """The privacy page's list: every row rule, and the file windows from the settings, in
+    words, so the page and the scheduler cannot disagree."""
+    s = replace(load_settings({"DICOMSTL_DATA_DIR": str(tmp_path)}), result_ttl_s=5400,
+                mail_keep_s=3 * 86400)
+    said = {p["what"]: p["kept"] for p in policy.promises(s)}
+    for rule in policy.ROW_RULES:
+        assert rule.what in said
+        if rule.window:
+            assert said[rule.what].startswith(policy.duration_words(
+                rule.window.total_seconds()))
+    kept = " ".join(said.values())
+    assert "90 minutes after the conversion" in kept and "3 days" in kept
+    assert "one year after they arrived" in said["messages sent with the contact form"]

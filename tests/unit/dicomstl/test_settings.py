@@ -61,3 +61,39 @@ def test_printer_beds_and_densities(tmp_path):
                         ("PRINTER_BEDS", "0x10x10"), ("PLA_DENSITY", "0")):
         with pytest.raises(ConfigError, match=f"DICOMSTL_{name}"):
             load_settings({**env, f"DICOMSTL_{name}": value})
+
+
+def test_payment_mail_and_limit_settings(tmp_path):
+    from dicomstl.settings import CreditPack
+
+    env = {"DICOMSTL_DATA_DIR": str(tmp_path)}
+    plain = load_settings(env)
+    assert not plain.billing_enabled and plain.packs == () and plain.mail_dir == tmp_path / "mail"
+    s = load_settings({**env, "DICOMSTL_STRIPE_SECRET_KEY": "sk_test_1",
+                       "DICOMSTL_STRIPE_WEBHOOK_SECRET": "whsec_1",
+                       "DICOMSTL_CREDIT_PACKS": "50:price_B:79 EUR, 10:price_A:19 EUR",
+                       "DICOMSTL_CLINIC_PRICE_ID": "price_C",
+                       "DICOMSTL_CLINIC_FORMER_PRICE_IDS": "price_old1, price_old2,",
+                       "DICOMSTL_RATE_LOGIN": "3 per minute;20 per day",
+                       "DICOMSTL_SMTP_URL": "smtps://user:p%40ss@mail.example:465",
+                       "DICOMSTL_PUBLIC_URL": "https://dicomstl.example"})
+    assert s.billing_enabled  # both Stripe secrets: one alone is not enough
+    assert not load_settings({**env, "DICOMSTL_STRIPE_SECRET_KEY": "sk_test_1"}).billing_enabled
+    assert s.packs == (CreditPack(10, "price_A", "19 EUR"), CreditPack(50, "price_B", "79 EUR"))
+    assert s.clinic_price_ids == {"price_C", "price_old1", "price_old2"}
+    for name, value in (("CREDIT_PACKS", "10:prod_A:19 EUR"), ("CREDIT_PACKS", "ten:price_A:1"),
+                        ("CREDIT_PACKS", "10:price_A:1,10:price_B:2"),
+                        ("CREDIT_PACKS", "10:price_A:"), ("RATE_API", "lots"),
+                        ("RATE_UPLOAD", "5 per fortnight"), ("SMTP_URL", "mail.example:25"),
+                        ("PUBLIC_URL", "dicomstl.example"),
+                        ("PUBLIC_URL", "https://dicomstl.example/path"),
+                        ("CREDIT_UPLOAD_BYTES", "0"), ("LOGIN_LOCKOUT_AFTER", "0")):
+        with pytest.raises(ConfigError, match=f"DICOMSTL_{name}"):
+            load_settings({**env, f"DICOMSTL_{name}": value})
+
+
+def test_a_bad_smtp_url_is_refused_without_showing_its_password(tmp_path):
+    with pytest.raises(ConfigError) as refused:
+        load_settings({"DICOMSTL_DATA_DIR": str(tmp_path),
+                       "DICOMSTL_SMTP_URL": "ftp://user:hunter2@mail.example"})
+    assert "hunter2" not in str(refused.value)
