@@ -13,6 +13,9 @@ TOOLS  := admesh prusa-slicer chromium promtool:prometheus faketime
 WEBLIB := web/node_modules/.package-lock.json
 # checkov scans the rendered Kubernetes manifests; in its own venv: its pins clash with ours
 CHECKOV := $(VENV)/checkov/bin/checkov
+# nginx runs deploy/nginx/dicomstl.conf in tests/deploy/test_nginx.py: Debian's binary,
+# unpacked into the venv (installing the package would start a server on port 80)
+NGINX  := $(VENV)/nginx/usr/sbin/nginx
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run sample test lint kernels bench bench-decimation tools clean lock images pin-images
@@ -32,6 +35,13 @@ $(WEBLIB): web/package.json web/package-lock.json
 $(CHECKOV): | $(STAMP)
 	$(PYTHON) -m venv $(VENV)/checkov
 	$(VENV)/checkov/bin/pip install -q checkov==3.3.30
+
+$(NGINX): | $(STAMP)
+	rm -rf $(VENV)/nginx && mkdir -p $(VENV)/nginx/debs
+	cd $(VENV)/nginx/debs && (apt-get download -q nginx 2>/dev/null || \
+	  ($(SUDO) apt-get update -qq && apt-get download -q nginx))
+	dpkg -x $(VENV)/nginx/debs/nginx_*.deb $(VENV)/nginx && rm -rf $(VENV)/nginx/debs
+	$(NGINX) -v
 
 tools:
 	@missing=""; for t in $(TOOLS); do command -v $${t%%:*} >/dev/null || missing="$$missing $${t##*:}"; done; \
@@ -53,8 +63,8 @@ sample: $(STAMP)
 	$(BIN)/dicomstl convert "$$src" -o out/sample-bone.stl --preset bone --keep largest \
 	  --report out/sample-bone.json && echo "model: out/sample-bone.stl, report: out/sample-bone.json"
 
-test: $(STAMP) $(WEBLIB) $(CHECKOV) tools
-	$(BIN)/python -m pytest -n 2 --dist loadgroup
+test: $(STAMP) $(WEBLIB) $(CHECKOV) $(NGINX) tools
+	DICOMSTL_TEST_NGINX=$(NGINX) $(BIN)/python -m pytest -n 2 --dist loadgroup
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -33,6 +34,35 @@ LIBRARY_VARIABLES = {
     "CUPY_CACHE_DIR": "CuPy: where the GPU kernels are cached",
     "CUDA_CACHE_PATH": "the CUDA driver: its PTX compilation cache",
 }
+#: Settings whose values are secrets (keys, passwords, URLs with a password in them). They
+#: come from the Secret "dicomstl-secrets" (Kubernetes) or deploy/.env (compose), and are never
+#: written in a ConfigMap, a manifest, deploy/compose.yaml or an image.
+SECRET_SETTINGS = frozenset({
+    "DATABASE_URL", "REDIS_URL", "DICOMSTL_SECRET_KEY", "DICOMSTL_SMTP_URL",
+    "DICOMSTL_STRIPE_SECRET_KEY", "DICOMSTL_STRIPE_WEBHOOK_SECRET"})
+#: Settings whose names look like a secret's (``looks_secret``) but whose values are not.
+NOT_SECRET = frozenset({"DICOMSTL_PUBLIC_URL", "DICOMSTL_RATE_PASSWORD_RESET"})
+#: Values that are secrets whatever they are called: Stripe's secret, restricted and webhook
+#: signing keys, and a URL with a password (``scheme://user:password@host``).
+SECRET_VALUE = re.compile(r"\b(?:sk|rk)_(?:live|test)_\w+|\bwhsec_\w+"
+                          r"|[a-z][a-z0-9+.-]*://[^/\s:@]*:[^/\s@]+@")
+#: What an operator writes for an empty value of deploy/.env.example that must have a shape
+#: (``filled_env``; the other empty values get a random-looking word, as a password does).
+FILLED_IN = {
+    "DICOMSTL_PUBLIC_URL": "https://dicomstl.example.org",
+    "DICOMSTL_SMTP_URL": "smtps://dicomstl:0123456789abcdef@smtp.example.org:465",
+    "DICOMSTL_MAIL_FROM": "dicomstl <no-reply@dicomstl.example.org>",
+    "DICOMSTL_CREDIT_PACKS": "10:price_PACK10:19 EUR,50:price_PACK50:79 EUR",
+    "DICOMSTL_CLINIC_PRICE_ID": "price_CLINIC",
+    "DICOMSTL_CLINIC_PRICE_TEXT": "249 EUR a month",
+}
+
+
+def looks_secret(variable: str) -> bool:
+    """Whether a setting's name says its value may be a secret (a new setting so named must
+    be sorted into SECRET_SETTINGS or NOT_SECRET)."""
+    return bool(re.search(r"SECRET|PASSWORD|PASSWD|TOKEN|CREDENTIAL|_KEY$|_URL$|_DSN$",
+                          variable))
 
 
 def tool(name: str) -> str:
@@ -203,9 +233,52 @@ def compose(env: Mapping[str, str]) -> dict:
 
 
 def filled_env() -> dict[str, str]:
-    """deploy/.env.example with a value in each secret, as an operator fills it in."""
-    return {name: value or f"{name.lower()}-0123456789abcdef"
+    """deploy/.env.example with a value in each empty variable, as an operator fills it in."""
+    return {name: value or FILLED_IN.get(name, f"{name.lower()}-0123456789abcdef")
             for name, value in env_example().items()}
+
+
+def env_example_examples() -> dict[str, str]:
+    """The example values deploy/.env.example gives in comments (``#   NAME=value``)."""
+    found = {}
+    for line in ENV_EXAMPLE.read_text().splitlines():
+        match = re.fullmatch(r"#\s+([A-Z][A-Z0-9_]*)=(.*)", line.strip())
+        if match:
+            found[match[1]] = match[2].strip()
+    return found
+
+
+def compose_clear_text_secrets(raw: dict) -> list[str]:
+    """Where deploy/compose.yaml (``raw``: before interpolation) writes a secret itself instead
+    of taking it from deploy/.env: a secret setting (SECRET_SETTINGS) with no ``${VAR}``, a
+    default after ``:-`` (in clear text in the file), text besides the references that is
+    all of the value or a URL's password, or a reference to a variable that is not a secret
+    of deploy/.env.example (empty there); and any value that reads as a secret
+    (SECRET_VALUE) under any name."""
+    example, problems = env_example(), []
+    for name, service in (raw.get("services") or {}).items():
+        for variable, value in service_env(service).items():
+            where = f"{name}: {variable}"
+            if SECRET_VALUE.search(_VARIABLE.sub("", value)):
+                problems.append(f"{where}: a secret written in the file")
+            if variable not in SECRET_SETTINGS:
+                continue
+            references = list(_VARIABLE.finditer(value))
+            rest = _VARIABLE.sub("", value)
+            if not references:
+                problems.append(f"{where}: written in the file, not taken from deploy/.env")
+            elif "://" in rest:
+                if urlsplit(rest).password:
+                    problems.append(f"{where}: the URL's password is written in the file")
+            elif rest.strip():
+                problems.append(f"{where}: part of the value is written in the file")
+            for ref in references:
+                if ref["op"] and ref["op"].endswith("-") and ref["arg"]:
+                    problems.append(f"{where}: a default in clear text (${{{ref['name']}:-…}})")
+                if example.get(ref["name"]) != "":
+                    problems.append(f"{where}: {ref['name']} is not an empty variable of "
+                                    "deploy/.env.example")
+    return problems
 
 
 def service_env(service: dict) -> dict[str, str]:

@@ -12,22 +12,33 @@ import pytest
 import yaml
 
 from tests.deploy.contract import (
+    _VARIABLE,
     DEPLOY,
     PROCESSES,
     ROOT,
+    SECRET_SETTINGS,
     compose,
+    compose_clear_text_secrets,
     compose_raw,
     dockerfile_stages,
     env_example,
+    env_example_examples,
     filled_env,
     image_env,
     interpolate,
+    service_env,
 )
 
 SCHEMA = json.loads((DEPLOY / "schemas" / "compose-spec.json").read_text())
 APP_SERVICES = ("migrate", "web", "scheduler", "worker", "worker-cpu")
 SECRETS = ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "DICOMSTL_SECRET_KEY",
            "GRAFANA_ADMIN_PASSWORD")
+#: What compose refuses to start without: the secrets, and the site's address (links in
+#: e-mails would otherwise be made on whatever Host header a request brings).
+REQUIRED = (*SECRETS, "DICOMSTL_PUBLIC_URL")
+#: The web app's optional secrets (mail, payments): empty in the example, and off when empty.
+WEB_SECRETS = ("DICOMSTL_SMTP_URL", "DICOMSTL_STRIPE_SECRET_KEY",
+               "DICOMSTL_STRIPE_WEBHOOK_SECRET")
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +80,7 @@ def test_every_variable_is_in_the_example_env_file_or_has_a_default():
     text = (DEPLOY / "compose.yaml").read_text()
     for name in used:
         assert name in example or f"${{{name}:-" in text, f"{name}: not in deploy/.env.example"
-    for name in SECRETS:
+    for name in REQUIRED:
         assert example[name] == "", f"{name} must be empty in the example"
         with pytest.raises(ValueError, match=name):
             compose({**filled_env(), name: ""})  # compose refuses to start without it
@@ -85,8 +96,88 @@ def test_the_env_file_with_the_secrets_stays_out_of_git():
 def test_no_secret_value_is_written_in_the_file():
     text = (DEPLOY / "compose.yaml").read_text()
     for line in text.splitlines():
-        if any(word in line.lower() for word in ("password", "secret_key")):
+        if any(word in line.lower() for word in ("password", "secret", "smtp_url")):
             assert "${" in line or line.lstrip().startswith("#"), line
+    assert compose_clear_text_secrets(compose_raw()) == []
+    # every secret setting a service gets is taken whole (or its password) from deploy/.env
+    passed = {v for s in compose_raw()["services"].values() for v in service_env(s)}
+    assert {"DATABASE_URL", "REDIS_URL", "DICOMSTL_SECRET_KEY", *WEB_SECRETS} <= passed
+    assert passed >= SECRET_SETTINGS
+
+
+@pytest.mark.parametrize("variable, value", [
+    ("DICOMSTL_STRIPE_SECRET_KEY", "sk_live_51AbCdEfGh"),  # the key itself
+    ("DICOMSTL_STRIPE_WEBHOOK_SECRET", "${DICOMSTL_STRIPE_WEBHOOK_SECRET:-whsec_AbCd}"),
+    ("DICOMSTL_SMTP_URL", "smtp://mailer:hunter2@smtp.example.org:587"),
+    ("DICOMSTL_SMTP_URL", "smtp://mailer:hunter2@${SMTP_HOST}:587"),  # the password, written
+    ("DICOMSTL_SECRET_KEY", "${DICOMSTL_PROXY_HOPS}"),  # not a secret of deploy/.env
+    ("DATABASE_URL", "postgresql://dicomstl:hunter2@postgres:5432/dicomstl"),
+    ("DICOMSTL_MAIL_FROM", "smtps://mailer:hunter2@smtp.example.org"),  # any name
+])
+def test_a_secret_written_in_the_file_is_found(variable, value):
+    raw = copy.deepcopy(compose_raw())
+    raw["services"]["web"]["environment"][variable] = value
+    assert compose_clear_text_secrets(raw), f"{variable}: {value} passed"
+    listed = copy.deepcopy(compose_raw())  # the list form of environment too
+    env = listed["services"]["scheduler"]["environment"]
+    listed["services"]["scheduler"]["environment"] = [
+        f"{k}={v}" for k, v in {**env, variable: value}.items()]
+    assert compose_clear_text_secrets(listed)
+
+
+def test_mail_and_payments_are_the_web_apps_and_off_until_their_secrets_are_set(tmp_path):
+    from dicomstl.settings import load_settings
+
+    example = env_example()
+    for name in WEB_SECRETS:
+        assert example[name] == "", f"{name} must be empty in the example"
+    raw = compose_raw()["services"]
+    for name in APP_SERVICES:
+        passed = set(service_env(raw[name]))
+        if name == "web":
+            assert set(WEB_SECRETS) <= passed
+        else:  # workers and the scheduler never send mail or call Stripe
+            assert not passed & {*WEB_SECRETS, "DICOMSTL_CREDIT_PACKS"}, name
+    unset = {**filled_env(), **{name: "" for name in WEB_SECRETS}}
+    web = service_env(compose(unset)["services"]["web"])
+    settings = load_settings({**web, "DICOMSTL_DATA_DIR": str(tmp_path)}, prepare=False)
+    assert not settings.billing_enabled and settings.smtp_url == ""
+    web = service_env(compose(filled_env())["services"]["web"])
+    settings = load_settings({**web, "DICOMSTL_DATA_DIR": str(tmp_path)}, prepare=False)
+    assert settings.billing_enabled and settings.smtp_url.startswith("smtps://")
+    assert settings.public_url == filled_env()["DICOMSTL_PUBLIC_URL"]
+
+
+def test_an_empty_optional_value_means_the_apps_default():
+    """A default after ``:-`` for a setting is the app's own default, so an empty value in
+    deploy/.env (or none) is the same as not passing the setting."""
+    from dicomstl.settings import load_settings
+
+    defaults = load_settings({}, prepare=False)
+    seen = 0
+    for name in APP_SERVICES:
+        for variable, value in service_env(compose_raw()["services"][name]).items():
+            match = _VARIABLE.fullmatch(value)
+            if not (variable.startswith("DICOMSTL_") and match and match["op"] == ":-"):
+                continue
+            field = variable.removeprefix("DICOMSTL_").lower()
+            given = load_settings({variable: match["arg"]}, prepare=False)
+            assert getattr(given, field) == getattr(defaults, field), (name, variable)
+            seen += 1
+    assert seen >= 10
+
+
+def test_the_examples_in_the_example_env_file_are_valid_settings_and_placeholders(tmp_path):
+    from dicomstl.settings import load_settings
+
+    examples = env_example_examples()
+    assert {"DICOMSTL_CREDIT_PACKS", "DICOMSTL_CLINIC_PRICE_ID",
+            "DICOMSTL_CLINIC_PRICE_TEXT"} <= set(examples)
+    assert set(examples) <= set(env_example())  # each documents a variable of the file
+    settings = load_settings({**examples, "DICOMSTL_DATA_DIR": str(tmp_path)}, prepare=False)
+    assert settings.packs and settings.clinic_price_id
+    for price in [p.price_id for p in settings.packs] + [settings.clinic_price_id]:
+        assert price.removeprefix("price_").isupper(), f"{price}: not a placeholder id"
 
 
 def test_each_process_is_built_from_its_target_and_runs_locked_down(config):

@@ -48,6 +48,11 @@ LIBRARY_VARIABLES = {**contract.LIBRARY_VARIABLES,
 KERNEL_CACHES = ("NUMBA_CACHE_DIR", "CUPY_CACHE_DIR", "CUDA_CACHE_PATH")
 APP = ("web", "worker", "scheduler")
 SECRET = "dicomstl-secrets"
+#: The keys of the Secret only the web pods read, optional (a cluster without mail or payments
+#: starts without them), and the settings they fill.
+WEB_SECRET_KEYS = {"smtp-url": "DICOMSTL_SMTP_URL",
+                   "stripe-secret-key": "DICOMSTL_STRIPE_SECRET_KEY",
+                   "stripe-webhook-secret": "DICOMSTL_STRIPE_WEBHOOK_SECRET"}
 
 
 def tool(name: str) -> str:
@@ -262,6 +267,108 @@ def test_every_setting_passed_is_one_the_app_reads(docs, tmp_path):
     assert settings.host == "0.0.0.0" and settings.metrics_host == "0.0.0.0"
 
 
+def clear_text_secrets(docs: list[dict]) -> list[str]:
+    """Where the manifests hold a secret in clear text: a secret setting
+    (contract.SECRET_SETTINGS) as a key of a ConfigMap or as a container's ``value``, or a
+    value that reads as a secret (contract.SECRET_VALUE) in a ConfigMap, a container's env or
+    an argument, whatever its name."""
+    problems = []
+    for config in of_kind(docs, "ConfigMap"):
+        where = f"ConfigMap/{config['metadata']['name']}"
+        for key, value in (config.get("data") or {}).items():
+            if key in contract.SECRET_SETTINGS:
+                problems.append(f"{where}: {key} is a secret: take it from {SECRET}")
+            if contract.SECRET_VALUE.search(str(value)):
+                problems.append(f"{where}: {key} holds a secret")
+    for workload, spec in pod_templates(docs):
+        for container in spec.get("initContainers", []) + spec["containers"]:
+            where = f"{workload['metadata']['name']}/{container['name']}"
+            for e in container.get("env", []):
+                if e["name"] in contract.SECRET_SETTINGS and (
+                        "value" in e or "secretKeyRef" not in e.get("valueFrom", {})):
+                    problems.append(f"{where}: {e['name']} must come from a secretKeyRef")
+                if contract.SECRET_VALUE.search(str(e.get("value", ""))):
+                    problems.append(f"{where}: {e['name']} holds a secret")
+            for word in container.get("command", []) + container.get("args", []):
+                if contract.SECRET_VALUE.search(str(word)):
+                    problems.append(f"{where}: a secret in its command line")
+    return problems
+
+
+def test_no_secret_is_in_a_configmap_or_written_in_a_manifest(docs):
+    assert clear_text_secrets(docs) == []
+
+
+def _web_env(docs: list[dict]) -> list[dict]:
+    return next(c for comp, c in app_containers(docs) if comp == "web")["env"]
+
+
+@pytest.mark.parametrize("change", [
+    "configmap-key", "configmap-value", "env-value", "env-configmap-ref", "args"])
+def test_a_secret_in_clear_text_is_found(change):
+    docs = deepcopy(list(_render("prod")))
+    settings = one(docs, "ConfigMap", "dicomstl-settings")["data"]
+    web = _web_env(docs)
+    if change == "configmap-key":  # the setting put in the settings every pod reads
+        settings["DICOMSTL_STRIPE_SECRET_KEY"] = "sk_live_51AbCdEf"
+    elif change == "configmap-value":  # under another name
+        settings["DICOMSTL_MAIL_FROM"] = "smtps://mailer:hunter2@smtp.example.org"
+    elif change == "env-value":
+        web.append({"name": "DICOMSTL_STRIPE_WEBHOOK_SECRET", "value": "whsec_AbCdEf"})
+    elif change == "env-configmap-ref":
+        web.append({"name": "DICOMSTL_SMTP_URL", "valueFrom": {
+            "configMapKeyRef": {"name": "dicomstl-settings", "key": "smtp"}}})
+    else:
+        next(c for comp, c in app_containers(docs) if comp == "web")["args"].append(
+            "--stripe-key=sk_test_AbCd")
+    assert clear_text_secrets(docs), change
+
+
+def test_mail_and_payments_are_the_web_apps_and_optional(docs):
+    for component, container in app_containers(docs):
+        refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container.get("env", [])
+                if "secretKeyRef" in e.get("valueFrom", {})}
+        for name in ("DICOMSTL_SECRET_KEY", "DATABASE_URL", "REDIS_URL"):
+            assert not refs[name].get("optional", False), (component, name)  # needed
+        if component != "web":  # workers and the scheduler never send mail or call Stripe
+            assert not set(refs) & set(WEB_SECRET_KEYS.values()), component
+            continue
+        for key, setting in WEB_SECRET_KEYS.items():
+            assert refs[setting] == {"name": SECRET, "key": key, "optional": True}
+    # ... so the pods start without those keys: mail is written to the volume, payments off
+    settings = load_settings({**settings_env(docs), "DICOMSTL_DATA_DIR": "/nonexistent",
+                              "DICOMSTL_SECRET_KEY": "x" * 32}, prepare=False)
+    assert not settings.billing_enabled and not settings.smtp_url
+
+
+def test_links_in_e_mails_point_at_the_ingress_host(docs):
+    from urllib.parse import urlsplit
+
+    public = urlsplit(settings_env(docs)["DICOMSTL_PUBLIC_URL"])
+    ingress = one(docs, "Ingress", "dicomstl")
+    assert public.scheme == "https" and public.path in ("", "/")
+    assert public.hostname == ingress["spec"]["rules"][0]["host"]
+
+
+def test_the_price_examples_of_the_prod_overlay_are_valid_settings_and_placeholders(tmp_path):
+    """The commented Stripe prices in overlays/prod, uncommented, are settings the app
+    takes, with placeholder price ids."""
+    text = (K8S / "overlays" / "prod" / "kustomization.yaml").read_text()
+    examples = {}
+    for line in text.splitlines():
+        match = re.fullmatch(r"#\s*(- \{op: add, path: /data/DICOMSTL_\w+.*\})", line.strip())
+        if match:
+            (op,) = yaml.safe_load(match[1])
+            examples[op["path"].removeprefix("/data/")] = op["value"]
+    assert {"DICOMSTL_CREDIT_PACKS", "DICOMSTL_CLINIC_PRICE_ID"} <= set(examples)
+    settings = load_settings({**settings_env(list(_render("prod"))), **examples,
+                              "DICOMSTL_DATA_DIR": str(tmp_path),
+                              "DICOMSTL_SECRET_KEY": "x" * 32}, prepare=False)
+    assert settings.packs and settings.clinic_price_id
+    for price in [p.price_id for p in settings.packs] + [settings.clinic_price_id]:
+        assert price.removeprefix("price_").isupper(), f"{price}: not a placeholder id"
+
+
 def test_secrets_are_references_to_one_secret_and_the_readme_names_each_key(docs):
     assert not of_kind(docs, "Secret"), "no secret values in the repository"
     keys = set()
@@ -277,7 +384,7 @@ def test_secrets_are_references_to_one_secret_and_the_readme_names_each_key(docs
             assert ref["name"] == SECRET
             keys.add(ref["key"])
     assert {"secret-key", "database-url", "redis-url", "redis-address",
-            "redis-password"} <= keys
+            "redis-password", *WEB_SECRET_KEYS} <= keys
     readme = (K8S / "README.md").read_text()
     assert not [k for k in keys if f"`{k}`" not in readme], "README.md must name every key"
 
@@ -551,15 +658,20 @@ def test_only_app_pods_reach_the_datastores_and_only_workers_reach_callbacks(doc
             for rule in policy["spec"].get("egress", []):
                 ports |= {p["port"] for p in rule.get("ports", [])}
         egress[name] = ports
-    assert egress["dicomstl-web"] == egress["dicomstl-scheduler"] == {53, 5432, 6379}
-    assert egress["dicomstl-worker"] == {53, 5432, 6379, 443}
-    callbacks = one(docs, "NetworkPolicy", "callback-egress")
-    assert selects(callbacks["spec"]["podSelector"], _pod_labels(docs, "dicomstl-worker"))
-    (block, block6) = callbacks["spec"]["egress"][0]["to"]
-    assert block["ipBlock"]["cidr"] == "0.0.0.0/0"
-    assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"} <= set(
-        block["ipBlock"]["except"])
-    assert block6["ipBlock"]["cidr"] == "::/0"
+    assert egress["dicomstl-scheduler"] == {53, 5432, 6379}
+    assert egress["dicomstl-worker"] == {53, 5432, 6379, 443}  # callbacks
+    # the web: Stripe's API (443) and SMTP (587 STARTTLS, 465 TLS: dicomstl/mail.py's defaults)
+    assert egress["dicomstl-web"] == {53, 5432, 6379, 443, 587, 465}
+    for policy, pod in (("callback-egress", "dicomstl-worker"), ("web-egress", "dicomstl-web")):
+        out = one(docs, "NetworkPolicy", policy)
+        assert selects(out["spec"]["podSelector"], _pod_labels(docs, pod))
+        for other in {"dicomstl-web", "dicomstl-worker", "dicomstl-scheduler"} - {pod}:
+            assert not selects(out["spec"]["podSelector"], _pod_labels(docs, other)), policy
+        (block, block6) = out["spec"]["egress"][0]["to"]  # public addresses only
+        assert block["ipBlock"]["cidr"] == "0.0.0.0/0"
+        assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"} <= set(
+            block["ipBlock"]["except"])
+        assert block6["ipBlock"]["cidr"] == "::/0"
     if overlay == "dev":
         app = {"app.kubernetes.io/name": "dicomstl", "app.kubernetes.io/component": "web"}
         stranger = {"app.kubernetes.io/name": "dicomstl", "app.kubernetes.io/component": "x"}

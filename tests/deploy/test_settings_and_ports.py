@@ -15,13 +15,17 @@ from dicomstl_cli import health
 from tests.deploy.contract import (
     DEPLOY,
     LIBRARY_VARIABLES,
+    NOT_SECRET,
     PROCESSES,
+    SECRET_SETTINGS,
+    SECRET_VALUE,
     compose,
     dockerfile_stages,
     exec_form,
     filled_env,
     image_env,
     image_setting,
+    looks_secret,
     served_routes,
     service_env,
     settings_variables,
@@ -48,6 +52,34 @@ def test_the_settings_reader_is_read_from_its_source():
     assert {"DATABASE_URL", "REDIS_URL", "DICOMSTL_DATA_DIR", "DICOMSTL_SECRET_KEY",
             "DICOMSTL_PORT", "DICOMSTL_WORKER_METRICS_PORT", "DICOMSTL_BACKEND"} <= read
     assert "DICOMSTL_DATABASE_URL" not in read  # a special field is read by its own name
+
+
+def test_every_setting_that_may_be_a_secret_is_known_as_one_or_not():
+    """The deployment's secret checks (tests/deploy/test_compose.py, test_k8s.py) know every
+    secret setting: a new one named like a secret must be sorted in contract.py."""
+    read = settings_variables()
+    assert read >= SECRET_SETTINGS | NOT_SECRET
+    unsorted = {v for v in read if looks_secret(v)} - SECRET_SETTINGS - NOT_SECRET
+    assert not unsorted, f"sort into contract.SECRET_SETTINGS or NOT_SECRET: {unsorted}"
+    assert {"DICOMSTL_STRIPE_SECRET_KEY", "DICOMSTL_STRIPE_WEBHOOK_SECRET",
+            "DICOMSTL_SMTP_URL"} <= SECRET_SETTINGS
+
+
+@pytest.mark.parametrize("value, secret", [
+    ("sk_live_51AbCdEf", True), ("rk_test_AbC", True), ("whsec_AbCdEf", True),
+    ("smtp://mailer:hunter2@smtp.example.org:587", True), ("redis://:pw@redis:6379/0", True),
+    ("smtp://smtp.example.org:587", False), ("https://dicomstl.example.org", False),
+    ("10:price_PACK10:19 EUR", False), ("dicomstl <no-reply@dicomstl.example.org>", False),
+])
+def test_a_value_that_reads_as_a_secret_is_recognised(value, secret):
+    assert bool(SECRET_VALUE.search(value)) == secret
+
+
+@pytest.mark.parametrize("target", PROCESSES)
+def test_no_image_carries_a_secret(target):
+    env = image_env(STAGES, target)
+    assert not set(env) & SECRET_SETTINGS, target
+    assert not [v for v in env.values() if SECRET_VALUE.search(v)], target
 
 
 @pytest.mark.parametrize("target", PROCESSES)
