@@ -103,7 +103,7 @@ def register(url: str, email: str, password: str) -> tuple[User, bool]:
             user = User(email=email, password_hash=hash_password(password),
                         session_token=secrets.token_hex(16), created_at=now,
                         failed_logins=0)
-            org = Organisation(name="", credits=0, plan="free", created_at=now)
+            org = Organisation(created_at=now)
             session.add_all([user, org])
             session.flush()
             session.add(Membership(user_id=user.id, org_id=org.id, role="owner",
@@ -170,8 +170,7 @@ def _count_failure(settings: Settings, user_id: int, now: dt.datetime) -> User |
     with session_scope(settings.database_url) as session:
         session.execute(update(User).where(User.id == user_id).values(
             failed_logins=User.failed_logins + 1))
-        user = session.get(User, user_id)
-        session.refresh(user)
+        user = session.get(User, user_id)  # read after the UPDATE: the count it left
         if user.failed_logins < settings.login_lockout_after:
             return None
         user.failed_logins = 0

@@ -72,13 +72,22 @@ def take(session: Session, org_id: int, n: int, job_id: str,
                                                job_id=job_id, created_at=now or utcnow()))
 
 
-def give_back(session: Session, job_id: str,
-              now: dt.datetime | None = None) -> tuple[int, str | None] | None:
+def _add(session: Session, org_id: int, n: int, reason: str, **entry) -> bool:
+    """Add ``n`` credits and their ledger row, in the caller's transaction; False when the
+    organisation is gone."""
+    if session.execute(update(Organisation).where(Organisation.id == org_id).values(
+            credits=Organisation.credits + n)).rowcount != 1:
+        return False
+    session.add(CreditEntry(org_id=org_id, delta=n, reason=reason,
+                            created_at=entry.pop("now", None) or utcnow(), **entry))
+    return True
+
+
+def give_back(session: Session, job_id: str, now: dt.datetime | None = None) -> str | None:
     """Give back what a job that never made a model paid, once: its credits, to its
-    organisation, in the caller's transaction. (credits given back, the job's
-    ``free_quota_key``) when this call claimed the give-back (the free conversion is then
-    the caller's to give back after the commit: ``free_tier.give_back``); None when there
-    was nothing to give back, or it was given back before."""
+    organisation, in the caller's transaction. The job's ``free_quota_key`` when this call
+    gave back a free conversion (the caller gives it back in Redis after the commit:
+    ``free_tier.give_back``); None otherwise, or when it was given back before."""
     claimed = session.execute(update(Job).where(
         Job.id == job_id, Job.payment_returned.is_(False), Job.result_bytes.is_(None),
         (Job.credits > 0) | Job.free_quota_key.is_not(None)).values(
@@ -88,13 +97,9 @@ def give_back(session: Session, job_id: str,
     owner, n, free_key = session.execute(select(Job.owner, Job.credits, Job.free_quota_key)
                                          .where(Job.id == job_id)).one()
     org_id = org_of_owner(owner)
-    if n and org_id is not None and session.execute(
-            update(Organisation).where(Organisation.id == org_id).values(
-                credits=Organisation.credits + n)).rowcount == 1:
-        session.add(CreditEntry(org_id=org_id, delta=n, reason="refund", job_id=job_id,
-                                created_at=now or utcnow()))
-        return n, free_key
-    return 0, free_key
+    if n and org_id is not None:
+        _add(session, org_id, n, "refund", job_id=job_id, now=now)
+    return free_key
 
 
 def grant(session: Session, org_id: int, n: int, reason: str, *,
@@ -109,13 +114,9 @@ def grant(session: Session, org_id: int, n: int, reason: str, *,
     if stripe_ref is not None and session.scalar(select(CreditEntry.id).where(
             CreditEntry.stripe_ref == stripe_ref)) is not None:
         return False
-    if session.execute(update(Organisation).where(Organisation.id == org_id).values(
-            credits=Organisation.credits + n)).rowcount != 1:
+    if not _add(session, org_id, n, reason, stripe_ref=stripe_ref, amount_cents=amount_cents,
+                currency=currency.lower() if currency else None, now=now):
         return False
-    session.add(CreditEntry(org_id=org_id, delta=n, reason=reason, stripe_ref=stripe_ref,
-                            amount_cents=amount_cents,
-                            currency=currency.lower() if currency else None,
-                            created_at=now or utcnow()))
     session.flush()
     return True
 

@@ -178,7 +178,7 @@ class Organisation(Base):
                       {"sqlite_autoincrement": True})
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(String(200), default="")  # "" until an owner names it
     credits: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     plan: Mapped[str] = mapped_column(String(16), default="free", server_default="free")
     #: The Stripe subscription's status (active, past_due, canceled, …) and period end.
@@ -243,7 +243,7 @@ class Invitation(Base):
 class CreditEntry(Base):
     """One change of an organisation's credits: a purchase or a plan month (with its Stripe
     reference, unique, so a payment grants once), a job taking credits, a job's credits given
-    back, a grant by the operator, a move between organisations.
+    back, a grant by the operator (``credits.REASONS``).
 
     When an account is erased its purchases stay as invoice references (the law keeps them):
     ``org_id`` and ``job_id`` cleared, ``erased_at`` set; they go after the legal window.

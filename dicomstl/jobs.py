@@ -154,13 +154,6 @@ def _return_free(settings: Settings, key: str | None) -> None:
         free_tier.give_back(settings, key)
 
 
-def give_back_payment(session, job_id: str) -> str | None:
-    """In the caller's transaction: give back what a job that made no model paid (its
-    credits; once). The free-tier key to give back after the commit, if any."""
-    given = credits.give_back(session, job_id)
-    return given[1] if given is not None else None
-
-
 def _same_request(earlier: Job, submitted_hash: str | None) -> Job:
     if submitted_hash and earlier.request_hash and submitted_hash != earlier.request_hash:
         raise IdempotencyConflict(
@@ -310,7 +303,7 @@ def mark_deleted(settings: Settings, job_id: str, now: dt.datetime | None = None
             job.options = {k: v for k, v in job.options.items() if k != "series"}
             if job.report:
                 job.report = {k: v for k, v in job.report.items() if k in policy.KEPT_REPORT}
-            free_key = give_back_payment(session, job_id)  # deleted before it was done
+            free_key = credits.give_back(session, job_id)  # deleted before it was done
     _return_free(settings, free_key)
     return claimed
 
@@ -427,7 +420,7 @@ def finish(settings: Settings, job_id: str, run: int, *, report: dict | None = N
             job.stages_done = list(STAGES)
         else:
             job.state = "failed"
-            free_key = give_back_payment(session, job_id)  # no model: nothing to pay
+            free_key = credits.give_back(session, job_id)  # no model: nothing to pay
         job.callback_pending = job.callback_url is not None
     if job.state == "failed":  # nothing to keep, not even a partial model or empty folders
         _return_free(settings, free_key)

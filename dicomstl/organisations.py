@@ -93,6 +93,13 @@ def rename(url: str, org_id: int, name: str) -> None:
             name=name))
 
 
+def _check_owner(url: str, user_id: int, org_id: int, action: str) -> None:
+    """MembershipError unless the user is an owner of the organisation."""
+    place = place_of(url, user_id)
+    if place.org.id != org_id or not place.owner:
+        raise MembershipError(f"only an owner of the organisation can {action}")
+
+
 def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -103,9 +110,7 @@ def invite(url: str, org_id: int, by_user_id: int, email: str,
     hash is kept). Only an owner may invite; AccountError for a malformed address."""
     now = now or utcnow()
     email = normalise_email(email)
-    place = place_of(url, by_user_id)
-    if place.org.id != org_id or not place.owner:
-        raise MembershipError("only an owner of the organisation can invite")
+    _check_owner(url, by_user_id, org_id, "invite")
     with session_scope(url) as session:
         count = session.scalar(select(func.count()).select_from(Membership).where(
             Membership.org_id == org_id))
@@ -144,9 +149,7 @@ def find_invitation(url: str, token: str, now: dt.datetime | None = None) -> Inv
 def withdraw(url: str, org_id: int, by_user_id: int, invitation_id: int) -> bool:
     """An owner withdraws an open invitation of the organisation; False when it has none
     of that id."""
-    place = place_of(url, by_user_id)
-    if not place.owner or place.org.id != org_id:
-        raise MembershipError("only an owner of the organisation can withdraw invitations")
+    _check_owner(url, by_user_id, org_id, "withdraw invitations")
     with session_scope(url) as session:
         return session.execute(delete(Invitation).where(
             Invitation.id == invitation_id, Invitation.org_id == org_id)).rowcount == 1
@@ -213,7 +216,7 @@ def remove(url: str, org_id: int, by_user_id: int, user_id: int,
             raise MembershipError("only an owner can remove members")
         if member.role == "owner":
             raise MembershipError("an owner cannot be removed; the organisation is theirs")
-        fresh = Organisation(name="", credits=0, plan="free", created_at=now)
+        fresh = Organisation(created_at=now)
         session.add(fresh)
         session.flush()
         member.org_id, member.role, member.created_at = fresh.id, "owner", now

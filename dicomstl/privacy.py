@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from redis.exceptions import RedisError
 from sqlalchemy import delete, or_, select, update
 
-from dicomstl import billing, jobs, storage
+from dicomstl import billing, jobs
 from dicomstl import queue as q
 from dicomstl.apikeys import rate_limit_id
 from dicomstl.credits import owner_of_org
@@ -175,9 +175,7 @@ def _erase_organisation(settings: Settings, org: Organisation,
         job_ids = list(session.scalars(select(Job.id).where(Job.owner == owner)))
         keys = list(session.scalars(select(ApiKey).where(ApiKey.org_id == org.id)))
     for job_id in job_ids:  # files and queue entries at once; a running one stops
-        jobs.mark_deleted(settings, job_id, now)
-        storage.delete_job_files(settings, job_id)
-        jobs.purge_queue_entries(settings, job_id)
+        jobs.delete_job(settings, job_id, owner)
     _delete_rate_limits(settings, [rate_limit_id(k) for k in keys])
     if org.stripe_customer_id:
         billing.delete_customer(settings, org.stripe_customer_id)
@@ -199,8 +197,8 @@ def _delete_rate_limits(settings: Settings, ids: list[str]) -> None:
         return
     try:
         connection = q.connect(settings.redis_url)
-        for limit_id in ids:
-            for name in connection.scan_iter(match=f"*{limit_id}*", count=1000):
+        for name in connection.scan_iter(match="*key-*", count=1000):  # one pass for all
+            if any(limit_id.encode() in name for limit_id in ids):
                 connection.delete(name)
     except RedisError:
         log.warning("could not delete an erased account's rate-limit counters (they expire "

@@ -46,6 +46,7 @@ from web.forms import (
     RegisterForm,
 )
 from web.ip_log import logged_as
+from web.links import absolute as link
 
 accounts = Blueprint("accounts", __name__)
 JOBS_SHOWN = 50
@@ -55,15 +56,6 @@ LOGIN_FAILED = ("The e-mail or the password is wrong. After repeated failures an
 
 def _settings() -> Settings:
     return current_app.config["SETTINGS"]
-
-
-def link(endpoint: str, **values) -> str:
-    """An absolute URL for an e-mail: on ``DICOMSTL_PUBLIC_URL`` when set (a forged Host
-    header cannot redirect a reset link), else on the address this request came to."""
-    base = _settings().public_url.rstrip("/")
-    if base:
-        return base + url_for(endpoint, **values)
-    return url_for(endpoint, _external=True, **values)
 
 
 def _mail(to: str, subject: str, body: str) -> None:
@@ -113,15 +105,20 @@ def _send_confirmation(user) -> None:
           "you did not ask for an account, ignore this message: nothing happens.")
 
 
+def _token_user(purpose: str, token: str, field: str):
+    """The account a valid token for ``purpose`` names, with the token's ``field``; (None,
+    None) for a forged, expired or damaged token, or a gone account."""
+    try:
+        payload = tokens.read(_settings().secret_key, purpose, token)
+        return core.get_user(_settings().database_url, int(payload["u"])), payload.get(field)
+    except (tokens.BadToken, KeyError, TypeError, ValueError):
+        return None, None
+
+
 @accounts.get("/confirm/<token>")
 def confirm(token: str):
-    try:
-        payload = tokens.read(_settings().secret_key, "confirm", token)
-        ok = core.confirm_email(_settings().database_url, int(payload["u"]),
-                                str(payload["e"]))
-    except (tokens.BadToken, KeyError, TypeError, ValueError):
-        ok = False
-    if not ok:
+    user, email = _token_user("confirm", token, "e")
+    if user is None or not core.confirm_email(_settings().database_url, user.id, email):
         return render_template("message.html", title="That link does not work", message=(
             "The confirmation link is damaged or older than 48 hours. Ask for a new one "
             "below."), resend=True), 400
@@ -169,7 +166,6 @@ def login_page():
     return render_template("login.html", form=form), 401 if form.errors else 200
 
 
-
 def _mail_lockout(user) -> None:
     until = user.locked_until.strftime("%Y-%m-%d %H:%M UTC")
     _mail(user.email, "Your dicomstl account is locked for a while",
@@ -211,13 +207,8 @@ def reset_request():
 @logged_as("account", methods=("POST",))
 def reset(token: str):
     url = _settings().database_url
-    try:
-        payload = tokens.read(_settings().secret_key, "reset", token)
-        user = core.get_user(url, int(payload["u"]))
-        valid = user is not None and payload.get("f") == tokens.fingerprint(user.password_hash)
-    except (tokens.BadToken, KeyError, TypeError, ValueError):
-        valid = False
-    if not valid:
+    user, fingerprint = _token_user("reset", token, "f")
+    if user is None or fingerprint != tokens.fingerprint(user.password_hash):
         return render_template("message.html", title="That link does not work", message=(
             "The reset link is damaged, older than one hour, or was used already. Ask for a "
             "new one."), reset=True), 400
@@ -251,7 +242,7 @@ def _page(status: int = 200, **extra):
     forms.update({k: v for k, v in extra.items() if k.endswith("_form")})
     return render_template(
         "account.html", me=me, org=me.org, plan_live=organisations.plan_live(me.org),
-        balance=credits.balance(url, me.org.id),
+        balance=me.org.credits,  # read with the account at this request's start
         used_this_month=credits.used_since(url, me.org.id, month),
         ledger=credits.history(url, me.org.id, 20),
         keys=apikeys.list_keys(url, me.org.id),
@@ -372,7 +363,7 @@ def invitation(token: str):
         return render_template("message.html", title="That invitation does not work",
                                message=str(exc)), 404
     target = organisations.get_org(url, found.org_id)
-    if request.method == "POST" and ActionForm().validate_on_submit():
+    if request.method == "POST":  # its CSRF token checked, as every form's
         try:
             organisations.accept(url, token, me.id)
         except MembershipError as exc:

@@ -19,7 +19,6 @@ from dicomstl.credits import NoCredits
 from dicomstl.errors import ConversionError
 from dicomstl.job_view import public_view
 from dicomstl.options import parse_options
-from dicomstl.organisations import get_org
 from web import charging, login
 from web.ip_log import logged_as
 from web.metrics import count_upload
@@ -42,12 +41,12 @@ def authenticate():
         return None
     row = login.request_key()
     if row is not None:
-        g.owner, g.org_id, g.user_id = apikeys.owner_of(row), row.org_id, None
+        g.owner, g.org, g.user_id = apikeys.owner_of(row), row.org, None
         return None
     me = login.account()
     if request.endpoint in SESSION_TOO and me is not None \
             and "Authorization" not in request.headers:
-        g.owner, g.org_id, g.user_id = me.jobs_owner, me.org.id, me.id
+        g.owner, g.org, g.user_id = me.jobs_owner, me.org, me.id
         return None
     return {"error": "a valid API key is needed: Authorization: Bearer <key>"}, 401, \
         {"WWW-Authenticate": 'Bearer realm="dicomstl"'}
@@ -110,15 +109,16 @@ def submit():
         files = take_files()
     except ConversionError as exc:
         return _bad(str(exc))
+    api_key = login.request_key()
     try:
         earlier = key and jobs.find_idempotent(settings.database_url, g.owner, key)
         charge = None if earlier else charging.for_key(  # the balance: when it is taken
-            login.request_key(), sum(f.stat().st_size for f in files), check_balance=False)
+            api_key, sum(f.stat().st_size for f in files), check_balance=False)
         job, created = jobs.create_job(
             settings, g.owner, options, files, "bulk", idempotency_key=key,
             callback_url=callback,
             submitted_hash=jobs.request_hash(options, callback, file_digests(files)),
-            charge=charge, api_key_id=login.request_key().id)
+            charge=charge, api_key_id=api_key.id)
     except jobs.IdempotencyConflict as exc:
         return _bad(str(exc), 422)
     except (NoCredits, charging.PlanRequired) as exc:
@@ -213,10 +213,9 @@ def choose_level(job_id: str):
 @logged_as("api")
 def account():
     """The organisation's balance and plan (an operator's key has neither)."""
-    if g.org_id is None:
+    if g.org is None:
         return _bad("this key belongs to no account (an operator's key)", 404)
-    settings = current_app.config["SETTINGS"]
-    org = get_org(settings.database_url, g.org_id)
+    settings, org = current_app.config["SETTINGS"], g.org  # read with the key or account
     return {"organisation": org.name, "credits": org.credits, "plan": org.plan,
             "plan_status": org.plan_status,
             "credit_upload_bytes": settings.credit_upload_bytes,
@@ -228,10 +227,9 @@ def account():
 def export_account():
     """Everything held about the account (a logged-in browser) or the key's organisation,
     as a JSON download."""
-    if g.org_id is None:
+    if g.org is None:
         return _bad("this key belongs to no account (an operator's key)", 404)
-    settings = current_app.config["SETTINGS"]
-    data = privacy.export(settings, user_id=g.user_id, org_id=g.org_id)
+    data = privacy.export(current_app.config["SETTINGS"], user_id=g.user_id, org_id=g.org.id)
     response = jsonify(data)
     response.headers["Content-Disposition"] = 'attachment; filename="dicomstl-export.json"'
     response.headers["Cache-Control"] = "no-store"

@@ -8,6 +8,8 @@ rest of the service works (the operator can grant credits: ``dicomstl credits gr
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from flask import (
     Blueprint,
     abort,
@@ -16,19 +18,18 @@ from flask import (
     redirect,
     render_template,
     request,
-    url_for,
 )
 from flask_login import login_required
 from sqlalchemy.exc import IntegrityError
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from dicomstl import billing as core
-from dicomstl import credits
 from dicomstl.billing import BillingError, BillingOff, BillingUnavailable, WebhookRejected
 from dicomstl.organisations import plan_live
 from dicomstl.settings import Settings
 from web import login
 from web.forms import ActionForm
+from web.links import absolute
 
 billing = Blueprint("billing", __name__)
 #: The largest webhook body read: Stripe's events are a few kilobytes (their lists are cut
@@ -41,12 +42,6 @@ PAYMENTS_OFF = ("payments are off on this server (no Stripe keys are set); the o
 
 def _settings() -> Settings:
     return current_app.config["SETTINGS"]
-
-
-def _absolute(endpoint: str, **values) -> str:
-    base = _settings().public_url.rstrip("/")
-    return base + url_for(endpoint, **values) if base else url_for(endpoint, _external=True,
-                                                                   **values)
 
 
 @billing.get("/pricing")
@@ -64,46 +59,39 @@ def pricing():
         cancelled=request.args.get("cancelled") == "1")
 
 
-@billing.post("/billing/checkout")
-@login_required
-def checkout():
-    """Start a purchase: to Stripe Checkout (303)."""
-    if not ActionForm().validate_on_submit():
-        abort(400, "the form has expired; reload the page")
-    me = login.account()
+def _to_stripe(page: Callable[[], str], unreachable: str):
+    """A 303 to the Stripe page ``page`` makes, or the error that kept it from being made."""
     try:
-        target = core.checkout(
-            _settings(), me.org.id, me.email, request.form.get("product", ""),
-            success_url=_absolute("billing.done") + "?session_id={CHECKOUT_SESSION_ID}",
-            cancel_url=_absolute("billing.pricing", cancelled=1))
+        return redirect(page(), 303)
     except BillingOff:
         abort(503, PAYMENTS_OFF)
     except BillingError as exc:
         abort(400, str(exc))
     except BillingUnavailable:
-        abort(503, "the payment provider could not be reached; nothing was charged. Please "
-                   "try again in a minute")
-    return redirect(target, 303)
+        abort(503, f"the payment provider could not be reached; {unreachable}")
+
+
+@billing.post("/billing/checkout")
+@login_required
+def checkout():
+    """Start a purchase: to Stripe Checkout (303)."""
+    me = login.account()
+    return _to_stripe(lambda: core.checkout(
+        _settings(), me.org.id, me.email, request.form.get("product", ""),
+        success_url=absolute("billing.done") + "?session_id={CHECKOUT_SESSION_ID}",
+        cancel_url=absolute("billing.pricing", cancelled=1)),
+        "nothing was charged. Please try again in a minute")
 
 
 @billing.post("/billing/portal")
 @login_required
 def portal():
     """Manage the plan and see invoices: to Stripe's customer portal (303)."""
-    if not ActionForm().validate_on_submit():
-        abort(400, "the form has expired; reload the page")
     me = login.account()
     if not me.owner:
         abort(403, "only an owner of the organisation manages its billing")
-    try:
-        target = core.portal(_settings(), me.org.id, _absolute("accounts.account"))
-    except BillingOff:
-        abort(503, PAYMENTS_OFF)
-    except BillingError as exc:
-        abort(400, str(exc))
-    except BillingUnavailable:
-        abort(503, "the payment provider could not be reached; please try again in a minute")
-    return redirect(target, 303)
+    return _to_stripe(lambda: core.portal(_settings(), me.org.id, absolute("accounts.account")),
+                      "please try again in a minute")
 
 
 @billing.get("/billing/done")
@@ -111,17 +99,16 @@ def portal():
 def done():
     """Back from Checkout: the credits come once Stripe's webhook confirms the payment
     (``billing.js`` follows the balance)."""
-    me = login.account()
-    return render_template("billing_done.html",
-                           balance=credits.balance(_settings().database_url, me.org.id))
+    return render_template("billing_done.html", balance=login.account().org.credits)
 
 
 @billing.get("/billing/balance")
 @login_required
 def balance():
-    me = login.account()
-    org = me.org
-    return jsonify(credits=credits.balance(_settings().database_url, org.id), plan=org.plan)
+    """The organisation's credits and plan now (read with the account at this request's
+    start)."""
+    org = login.account().org
+    return jsonify(credits=org.credits, plan=org.plan)
 
 
 @billing.post("/billing/webhook")

@@ -64,7 +64,7 @@ def for_browser(upload_bytes: int) -> Charge:
     if me is None:
         return Charge(free_quota_key=free_tier.take(settings, _ip(), upload_bytes))
     needed = credits.cost(settings, upload_bytes)
-    balance = credits.balance(settings.database_url, me.org.id)
+    balance = me.org.credits  # read at this request's start: the take is what counts
     if balance >= needed:
         return Charge(org_id=me.org.id, credits=needed)
     try:
@@ -109,12 +109,11 @@ def precheck():
             free_tier.check(settings, _ip(), size)
             return None
         needed = credits.cost(settings, size)
-        balance = credits.balance(settings.database_url, me.org.id)
-        if balance < needed:
+        if me.org.credits < needed:
             try:
                 free_tier.check(settings, _ip(), size)
             except FreeTierRefused:
-                raise NoCredits(balance, needed) from None
+                raise NoCredits(me.org.credits, needed) from None
     except (NoCredits, FreeTierRefused, PlanRequired) as exc:
         return refusal(exc)
     return None

@@ -21,7 +21,7 @@ from flask import (
     url_for,
 )
 
-from dicomstl import credits, free_tier, jobs
+from dicomstl import free_tier, jobs
 from dicomstl.credits import NoCredits
 from dicomstl.errors import ConversionError
 from dicomstl.free_tier import FreeTierRefused
@@ -75,9 +75,9 @@ def home():
     me = login.account()
     return render_template("home.html", presets=PRESETS.values(), formats=FORMATS,
                            limits=LIMITS, defaults=FORM_DEFAULTS, me=me,
-                           balance=credits.balance(settings.database_url, me.org.id)
-                           if me else None,
-                           free_left=free_tier.left(settings, request.remote_addr or ""),
+                           balance=me.org.credits if me else None,
+                           free_left=None if me else free_tier.left(
+                               settings, request.remote_addr or ""),
                            free_per_day=settings.free_conversions_per_day,
                            free_mb=settings.free_upload_bytes / 1024**2)
 

@@ -5,7 +5,7 @@ answers unchanged (Stripe retries every answer that is not 2xx).
 The live test runs a real nginx (the binary ``DICOMSTL_TEST_NGINX`` names, which ``make
 test`` unpacks from Debian's package, or ``nginx`` on PATH) on the file, moved to loopback
 ports, in front of a stand-in for the web app; without nginx it is skipped, and fails under
-CI (the file's other checks need none).
+CI (``require_tool``; the file's other checks need none).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import http.server
 import os
 import re
-import shutil
 import socket
 import ssl
 import subprocess
@@ -26,7 +25,9 @@ from typing import ClassVar
 import pytest
 
 from dicomstl.settings import Settings
+from tests.conftest import require_tool
 from tests.deploy.contract import DEPLOY, served_routes
+from tests.service.helpers import free_port
 
 CONF = DEPLOY / "nginx" / "dicomstl.conf"
 WEBHOOK = "/billing/webhook"
@@ -81,22 +82,6 @@ def test_the_limits_are_the_apps():
 
 # --- a real nginx ------------------------------------------------------------------------------
 
-def _nginx() -> str:
-    found = os.environ.get("DICOMSTL_TEST_NGINX") or shutil.which("nginx")
-    if not found or not os.access(found, os.X_OK):
-        message = "nginx is not installed (make test unpacks it; DICOMSTL_TEST_NGINX names it)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class _StandIn(http.server.BaseHTTPRequestHandler):
     """The web app's place: records what arrives, answers with ``status`` and a JSON body."""
 
@@ -122,13 +107,13 @@ class _StandIn(http.server.BaseHTTPRequestHandler):
 def proxy(tmp_path):
     """nginx on the file (loopback ports, a throwaway certificate) in front of _StandIn; the
     https port and the stand-in's server."""
-    nginx = _nginx()
+    nginx = require_tool(os.environ.get("DICOMSTL_TEST_NGINX") or "nginx")
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
                     "-keyout", str(tmp_path / "key.pem"), "-out", str(tmp_path / "cert.pem"),
                     "-subj", "/CN=dicomstl.example.org"], check=True, capture_output=True)
     app = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _StandIn)
     threading.Thread(target=app.serve_forever, daemon=True).start()
-    https, plain = _free_port(), _free_port()
+    https, plain = free_port(), free_port()
     version = subprocess.run([nginx, "-v"], capture_output=True, text=True).stderr
     old = tuple(int(x) for x in re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", version).groups()) < (
         1, 25, 1)

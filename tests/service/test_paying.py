@@ -23,6 +23,15 @@ def _upload(client, series, headers=JSON):
                        content_type="multipart/form-data", headers=headers)
 
 
+def _upload_junk(client, tmp_path):
+    """Upload a file that is no DICOM: accepted, then failed by the worker."""
+    junk = tmp_path / "notes.txt"
+    junk.write_text("not DICOM\n" * 100)
+    return client.post("/upload", data={"files": [(junk.open("rb"), "part")],
+                                        "csrf_token": csrf(client)},
+                       content_type="multipart/form-data", headers=JSON)
+
+
 def _work(settings, queue: str) -> None:
     conn = connect(settings.redis_url)
     SimpleWorker([Queue(queue, connection=conn)], connection=conn).work(burst=True)
@@ -55,11 +64,7 @@ def test_a_free_conversion_without_a_model_is_given_back(settings, tmp_path):
 
     one = replace(settings, free_conversions_per_day=1)
     visitor = create_app(one).test_client()
-    junk = tmp_path / "notes.txt"
-    junk.write_text("not DICOM\n" * 100)
-    r = visitor.post("/upload", data={"files": [(junk.open("rb"), "part")],
-                                      "csrf_token": csrf(visitor)},
-                     content_type="multipart/form-data", headers=JSON)
+    r = _upload_junk(visitor, tmp_path)
     assert r.status_code == 201
     assert free_tier.left(one, "127.0.0.1") == 0
     _work(settings, "interactive")
@@ -92,11 +97,7 @@ def test_an_account_pays_with_credits_and_gets_them_back_without_a_model(app, se
     assert b'id="credits">2<' in client.get("/").data
     good = _upload(client, series)
     assert good.status_code == 201
-    junk = tmp_path / "notes.txt"
-    junk.write_text("not DICOM\n" * 100)
-    bad = client.post("/upload", data={"files": [(junk.open("rb"), "part")],
-                                       "csrf_token": csrf(client)},
-                      content_type="multipart/form-data", headers=JSON)
+    bad = _upload_junk(client, tmp_path)
     assert bad.status_code == 201
     url = settings.database_url
     assert credits.balance(url, person.org_id) == 0
