@@ -29,9 +29,28 @@ def _error(description: str) -> dict:
         "schema": {"$ref": "#/components/schemas/Error"}}}}
 
 
-def _job_response(description: str) -> dict:
-    return {"description": description, "content": {"application/json": {
+def _job_response(description: str, links: bool = True) -> dict:
+    """A Job answer; with ``links``, the OpenAPI links from it to every operation on the job
+    (clients and schemathesis' stateful tests follow them)."""
+    answer = {"description": description, "content": {"application/json": {
         "schema": {"$ref": "#/components/schemas/Job"}}}}
+    if links:
+        answer["links"] = JOB_LINKS
+    return answer
+
+
+#: What can be done with a job once its id is known (``$response.body#/id``).
+JOB_LINKS = {
+    name: {"operationId": operation, "parameters": {"job_id": "$response.body#/id"},
+           "description": description}
+    for name, operation, description in (
+        ("GetJob", "getJob", "follow the job's state"),
+        ("GetResult", "getResult", "download the model once it is done"),
+        ("DeleteJob", "deleteJob", "delete the job's files now"),
+        ("ChooseSeries", "chooseSeries", "pick a series when several were found"),
+        ("GetPreview", "getPreview", "the threshold preview, for a preview job"),
+        ("GetPreviewSlice", "getPreviewSlice", "a slice of the threshold preview"),
+        ("ChooseLevel", "chooseLevel", "convert a previewed job at a level"))}
 
 
 #: The health routes are served from the site's root, not under /api/v1.

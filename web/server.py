@@ -8,6 +8,9 @@ it likes. ``PacedThreadWorker`` reads headers only as they arrive, handing the c
 back to gunicorn's poller (no thread) until the head is complete or its time is up;
 ``PacedSocket`` paces body reads like Apache's ``mod_reqtimeout`` (``body=T,MinRate=R``).
 In production a reverse proxy in front buffers slow clients (``deploy/nginx/``).
+An error answered before the request's body was read (413 for a 5 GB Content-Length, 401,
+429, 503 …) closes the connection: gunicorn would otherwise read and drop the whole unread
+body, holding a thread for as long as the client sends, before the next keep-alive request.
 
 This leans on gunicorn internals (``_DEFER``, ``TConn``, ``pending_conns``, the parser's
 unreader): pyproject pins the major version they were read from, and
@@ -27,6 +30,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from gunicorn import util
+from gunicorn.http.body import LengthReader
 from gunicorn.http2 import negotiation
 from gunicorn.workers.gthread import _DEFER, ThreadWorker
 
@@ -281,6 +285,30 @@ class PacedSocket:
             self._sock.close()
 
 
+def body_unread(environ: dict) -> bool:
+    """Whether the request's body has bytes the app never read (gunicorn's input)."""
+    reader = getattr(environ.get("wsgi.input"), "reader", None)
+    if isinstance(reader, LengthReader):
+        return reader.length > 0
+    return reader is not None  # chunked or read-to-EOF: its end is unknown, so assume unread
+
+
+def close_on_unread_errors(app):
+    """WSGI middleware: an error answered with the body still unread says "Connection:
+    close" and closes (``start_response`` is bound to gunicorn's response object)."""
+
+    def wrapped(environ, start_response):
+        def start(status: str, headers, exc_info=None):
+            response = getattr(start_response, "__self__", None)
+            if status[:1] in "45" and response is not None and body_unread(environ):
+                response.force_close()
+            return start_response(status, headers, exc_info)
+
+        return app(environ, start)
+
+    return wrapped
+
+
 class PacedThreadWorker(ThreadWorker):
     """gunicorn's threaded worker, with every client's pace bounded by ``limits`` (set by
     ``serve()`` before the workers fork). TLS and HTTP/2, which we never enable (a proxy
@@ -301,6 +329,10 @@ class PacedThreadWorker(ThreadWorker):
         self._head_limit = line + fields * (field_size + 2) + 4
         self._next_sweep = 0.0
         super().init_process()
+
+    def load_wsgi(self) -> None:
+        super().load_wsgi()
+        self.wsgi = close_on_unread_errors(self.wsgi)
 
     def _paces(self, conn) -> bool:
         return not self.cfg.is_ssl and not conn.is_http2 and \

@@ -3,6 +3,9 @@
 Each uploaded file goes straight into a temporary file in the data folder's ``incoming/``
 (the same file system as the jobs, so keeping it is a rename). Files a request did not hand
 to a job are deleted when the request ends, and the scheduler deletes any left by a crash.
+A multipart body that is malformed or cut short is a clear 400, not an empty upload; a body
+that is not an upload (JSON, a form) may hold ``MAX_BODY_BYTES`` at most (413), since it is
+read into memory.
 """
 
 from __future__ import annotations
@@ -15,10 +18,18 @@ from pathlib import Path
 
 from flask import Request, current_app, request
 from werkzeug.datastructures import FileStorage
-from werkzeug.exceptions import RequestTimeout
+from werkzeug.exceptions import BadRequest, RequestTimeout
+from werkzeug.formparser import FormDataParser
 
 from dicomstl.errors import ConversionError
 from web.server import ReceiveTimeout
+
+#: The largest body of a request that is not a multipart upload (JSON, forms), bytes: the
+#: API's JSON bodies are a few hundred bytes; Stripe's events a few tens of KiB.
+MAX_BODY_BYTES = 1024**2
+MULTIPART = "multipart/form-data"
+TRUNCATED = ("the upload is incomplete or malformed (its multipart body ended early or is "
+             "not valid multipart/form-data); send it again")
 
 
 class UploadError(ConversionError):
@@ -53,9 +64,29 @@ class UploadRequest(Request):
         self.__dict__.setdefault("upload_hashes", {})[Path(part.name)] = part.sha256
         return part
 
+    @property
+    def max_content_length(self) -> int | None:
+        """The app's upload limit for multipart bodies, ``MAX_BODY_BYTES`` for any other."""
+        limit = super().max_content_length
+        if self._max_content_length is not None or self.mimetype == MULTIPART:
+            return limit
+        return MAX_BODY_BYTES if limit is None else min(limit, MAX_BODY_BYTES)
+
+    @max_content_length.setter
+    def max_content_length(self, value: int | None) -> None:
+        self._max_content_length = value
+
+    def make_form_data_parser(self) -> FormDataParser:
+        parser = super().make_form_data_parser()
+        parser.silent = False  # a broken body is reported (below), not read as an empty form
+        return parser
+
     def _load_form_data(self) -> None:
-        with _slow_body_answers_408(self.mimetype):
-            super()._load_form_data()
+        try:
+            with _slow_body_answers_408(self.mimetype):
+                super()._load_form_data()
+        except ValueError:
+            raise BadRequest(TRUNCATED) from None
 
     def get_data(self, *args, **kwargs):
         with _slow_body_answers_408(self.mimetype):
@@ -88,6 +119,9 @@ def _slow_body_answers_408(mimetype: str) -> Iterator[None]:
 
 def take_files(field: str = "files") -> list[Path]:
     """The request's uploaded files in ``field``, closed and ready to move; empty parts dropped."""
+    if request.mimetype != MULTIPART:
+        raise UploadError("send the upload as multipart/form-data (the files in the field "
+                          f"{field!r}), not {request.mimetype or 'a body without a type'}")
     parts = []
     for item in request.files.getlist(field):
         item: FileStorage
