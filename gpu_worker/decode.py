@@ -103,7 +103,8 @@ def _pixels(src: Source, datasets: Sequence, index: int, frame: Frame) -> np.nda
     except NotImplementedError as exc:
         raise DecodeError(f"the series uses the transfer syntax '{name}', which this "
                           "installation cannot decode") from exc
-    except (ValueError, RuntimeError, EOFError, OSError, AttributeError, KeyError) as exc:
+    except (ValueError, TypeError, RuntimeError, EOFError, OSError, AttributeError,
+            KeyError) as exc:  # TypeError: pydicom on a PixelData element with no value
         text = str(exc)
         if "less than expected" in text or "truncated" in text.lower() or isinstance(
                 exc, EOFError):

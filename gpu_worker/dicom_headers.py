@@ -24,6 +24,15 @@ from dicomstl.errors import NoImagesError
 from gpu_worker import dicom_fastread
 from gpu_worker.sources import Source
 
+#: Most voxels one file, or one series, may claim (2^31: 4 GiB as int16; the largest real
+#: series here is 512x512x140, 37 M). Larger claims are refused from the header, before a
+#: frame is listed or a pixel allocated: Rows and Columns go to 65535 and NumberOfFrames
+#: to 2^31, so a 1 kB file can claim 65535x65535x10^6 voxels.
+MAX_VOXELS = 2**31
+#: Most frames one file may hold: real enhanced series hold hundreds to a few thousand; each
+#: is listed (a Frame) before anything is decoded, so a claim of 10^9 1x1 frames would hang.
+MAX_FRAMES = 32768
+
 
 @dataclass(frozen=True)
 class Frame:
@@ -107,6 +116,8 @@ def _frames_of(ds, source: int) -> list[Frame]:
         return []
     if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
         return []
+    if _claimed_voxels(ds) > MAX_VOXELS or int(ds.get("NumberOfFrames") or 1) > MAX_FRAMES:
+        return []  # why_not_image says so; nothing is listed per frame or decoded
     common = {
         "source": source,
         "series_uid": str(ds.get("SeriesInstanceUID", "")),
@@ -179,6 +190,17 @@ def _raw_pixel_location(ds) -> tuple[int, str] | None:
     return offset, f"<{kind}{int(ds.BitsAllocated) // 8}"
 
 
+def _claimed_voxels(ds) -> int:
+    """Rows x Columns x NumberOfFrames, as the header claims them."""
+    return int(ds.Rows or 0) * int(ds.Columns or 0) * int(ds.get("NumberOfFrames") or 1)
+
+
+def too_many_voxels(cols: int, rows: int, slices: int) -> str:
+    """The words for an image or series over MAX_VOXELS (no patient data)."""
+    return (f"{cols}x{rows}x{slices} voxels ({cols * rows * slices / 1e9:.3g} billion), over "
+            f"the limit of {MAX_VOXELS / 1e9:.3g} billion")
+
+
 def _megabytes(n: int) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB" if n >= 1e6 else \
         f"{n / 1e3:.0f} kB"
@@ -206,6 +228,10 @@ def why_not_image(ds) -> str:
                 f"frame(s) is {_megabytes(claimed)}, the file holds {_megabytes(length)}")
     if samples != 1:
         return "colour pixels (only greyscale images make a volume)"
+    if rows * cols * frames > MAX_VOXELS:
+        return "an image too large: " + too_many_voxels(cols, rows, frames)
+    if frames > MAX_FRAMES:
+        return f"too many frames: {frames}, over the limit of {MAX_FRAMES}"
     if frames > 1 and "PerFrameFunctionalGroupsSequence" not in ds \
             and "SharedFunctionalGroupsSequence" not in ds:
         return "several frames but no plane geometry (no functional groups)"
@@ -317,6 +343,11 @@ def _fast_frames(src: Source, index: int) -> list[Frame] | None:
     return frames
 
 
+#: What pydicom raises when it converts a corrupt element on first access (an unknown VR is a
+#: NotImplementedError) or a value is not a number: the file has no usable image.
+_ELEMENT_ERRORS = (ValueError, TypeError, AttributeError, NotImplementedError)
+
+
 def scan(sources: Sequence[Source], fast: bool = True) -> Scan:
     """Read the headers of every source; count files that are not DICOM or not images.
 
@@ -336,13 +367,13 @@ def scan(sources: Sequence[Source], fast: bool = True) -> Scan:
                 continue
             try:
                 frames = _frames_of(ds, index)
-            except (ValueError, TypeError, AttributeError):
+            except _ELEMENT_ERRORS:
                 frames = []
             if not frames:
                 result.not_image += 1
                 try:
                     result.reasons[why_not_image(ds)] += 1
-                except (ValueError, TypeError, AttributeError):
+                except _ELEMENT_ERRORS:
                     result.reasons["unreadable image elements"] += 1
         result.frames.extend(frames)
     return result

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dicomstl.errors import SeriesChoiceError, SeriesGeometryError
-from gpu_worker.dicom_headers import Frame, Scan
+from gpu_worker.dicom_headers import MAX_VOXELS, Frame, Scan, too_many_voxels
 from gpu_worker.geometry import Geometry
 
 #: A gap larger than this many times the median slice spacing is reported.
@@ -133,6 +133,8 @@ def _make_stack(uid: str, frames: list[Frame]) -> SeriesStack:
     elif not (counts == counts[0]).all():
         stack.problem = (f"duplicate slice positions ({int((counts > 1).sum())} positions "
                          "repeat, unevenly); the series is incomplete or mixes acquisitions")
+    elif stack.voxels > MAX_VOXELS:  # refused before a pixel is decoded or allocated
+        stack.problem = "too large: " + too_many_voxels(stack.cols, stack.rows, n_pos)
     return stack
 
 
