@@ -110,6 +110,10 @@ class Settings:
     stall_after_s: float = 60.0  # a running job without a heartbeat this long has lost its worker
     max_attempts: int = 2  # a job whose worker was lost this many times is failed
     sweep_interval_s: float = 30.0
+    #: the scheduler's name, kept across its restarts and unique among the replicas (the pod's
+    #: name); a leader restarted in place then takes its lease back at once. Empty: a new name
+    #: each start (another replica, or the restarted one, waits for the lease to run out)
+    scheduler_replica: str = ""
     max_restarts: int = 5  # `up` stops when one process died this often within the window
     restart_window_s: float = 300.0
     callback_timeout_s: float = 10.0  # a callback's connect and read limit, and its whole time

@@ -185,6 +185,8 @@ def up(settings: Settings) -> int:
         metrics[name] = _port_or_free(settings.metrics_host, wanted, f"{name} metrics") \
             if wanted else 0
         env[f"DICOMSTL_{name.upper()}_METRICS_PORT"] = str(metrics[name])
+    # the one scheduler, restarted in place by the supervisor: its lease is its own again
+    env.setdefault("DICOMSTL_SCHEDULER_REPLICA", f"up-{os.getpid()}")
     for name, command in (("web", "serve"), ("worker", "worker"), ("scheduler", "scheduler")):
         # Own sessions: Ctrl-C reaches only this process, which stops them in order (Redis last).
         supervisor.add(name, lambda command=command: subprocess.Popen(

@@ -2,14 +2,17 @@
 clear state; and deliver an ended job's callback.
 
 User errors (``ConversionError``) end the job failed with their message. A lost database or
-Redis connection or a full disk is transient: the job goes back to ``queued`` and RQ retries
-it with backoff. Anything else is a bug: the job fails with a generic message and the log
-gets the traceback, which names no patient data (upload files have numbered names). A job
+Redis connection is transient: the job goes back to ``queued`` and RQ retries it with
+backoff. A full disk fails the job at once with a message saying so, which deletes its files
+(a retry would hold the upload and the partial model on the full disk meanwhile). Anything
+else is a bug: the job fails with a generic message and the log gets the traceback, which
+names no patient data (upload files have numbered names). A job
 deleted while it runs (or given up for lost) stops before its next stage and writes nothing.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import threading
 import time
@@ -35,6 +38,10 @@ log = logging.getLogger(__name__)
 TRANSIENT = (OperationalError, RedisError, OSError)
 INTERNAL_MESSAGE = ("the conversion failed because of an internal error on our side; it has "
                     "been logged. Please try again later, or contact support with the job id.")
+DISK_FULL_MESSAGE = ("the server ran out of disk space while converting this upload; its files "
+                     "were deleted and it was not charged. Please try again later.")
+#: The errors of a write that found no room: a full disk, or the service's quota used up.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 CHOICE_MESSAGE = "the upload holds several series that could become a model: pick one"
 
 
@@ -182,25 +189,37 @@ def _failed(settings: Settings, job, run: int) -> tuple[str, str | None]:
     except ConversionError as exc:
         jobs.finish(settings, job_id, run, message=str(exc))
         return "failed", "input"
+    except OSError as exc:
+        if exc.errno not in DISK_FULL:
+            return _transient(settings, job_id, run)
+        log.warning("job %s failed: the disk is full", job_id[:8])
+        jobs.finish(settings, job_id, run, message=DISK_FULL_MESSAGE)
+        return "failed", "internal"
     except JobTimeoutException:
         jobs.finish(settings, job_id, run, message=(
             f"the conversion took longer than the limit of {settings.job_timeout_s // 60} "
             "minutes; try a crop, --downsample or a smaller triangle budget"))
         return "failed", "timeout"
     except TRANSIENT:
-        current = get_current_job()
-        if current is not None and (current.retries_left or 0) > 0:
-            log.warning("job %s hit a transient error; RQ will retry it", job_id[:8],
-                        exc_info=True)
-            jobs.requeue_after_error(settings, job_id, run)
-            raise
-        log.exception("job %s failed after its retries", job_id[:8])
-        jobs.finish(settings, job_id, run, message=INTERNAL_MESSAGE)
-        return "failed", "transient"
+        return _transient(settings, job_id, run)
     except Exception:
         log.exception("internal error in job %s", job_id[:8])
         jobs.finish(settings, job_id, run, message=INTERNAL_MESSAGE)
         return "failed", "internal"
+
+
+def _transient(settings: Settings, job_id: str, run: int) -> tuple[str, str | None]:
+    """A transient error (being handled): RQ retries the run (re-raised), or, after its
+    retries, the job fails with the generic message."""
+    current = get_current_job()
+    if current is not None and (current.retries_left or 0) > 0:
+        log.warning("job %s hit a transient error; RQ will retry it", job_id[:8],
+                    exc_info=True)
+        jobs.requeue_after_error(settings, job_id, run)
+        raise  # the error being handled
+    log.exception("job %s failed after its retries", job_id[:8])
+    jobs.finish(settings, job_id, run, message=INTERNAL_MESSAGE)
+    return "failed", "transient"
 
 
 def warm_up(engine: Engine) -> dict:

@@ -36,7 +36,8 @@ class Scheduler:
         self.settings = settings
         self.clock = clock
         # a lease outlives two passes, so a live leader never loses it between them
-        self.lease = Lease(settings.redis_url, ttl_s=2 * settings.sweep_interval_s + 10)
+        self.lease = Lease(settings.redis_url, ttl_s=2 * settings.sweep_interval_s + 10,
+                           replica=settings.scheduler_replica)
         self.next_full_pass = 0.0  # time.monotonic() of the next full pass
         self.leading: bool | None = None  # the last pass's lease: ``Lease.hold()``
 

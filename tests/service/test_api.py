@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 from rq import Queue
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 
 from dicomstl import apikeys, jobs
 from dicomstl.db import Job, session_scope
@@ -266,8 +267,9 @@ def test_series_choice_page(app, settings, series):
 
 def test_transient_errors_are_retried_user_errors_are_not(app, settings, api_key, series,
                                                           tmp_path, monkeypatch):
-    """A full disk sends the job back to the queue for RQ's retry with backoff; a bad upload
-    fails at once with its message and is not retried."""
+    """A lost database connection sends the job back to the queue for RQ's retry with
+    backoff; a bad upload fails at once with its message and is not retried (a full disk
+    too: tests/robustness/test_faults.py)."""
     from rq import SimpleWorker
     from rq.job import Job as RQJob
 
@@ -277,10 +279,10 @@ def test_transient_errors_are_retried_user_errors_are_not(app, settings, api_key
     conn = connect(settings.redis_url)
     job_id = _submit(client, api_key, series).json["id"]
 
-    def full_disk(*_args, **_kwargs):
-        raise OSError(28, "No space left on device")
+    def connection_lost(*_args, **_kwargs):
+        raise OperationalError("SELECT 1", {}, ConnectionError("server closed the connection"))
 
-    monkeypatch.setattr(tasks, "convert", full_disk)  # fault injection at the disk boundary
+    monkeypatch.setattr(tasks, "convert", connection_lost)  # fault injection
     SimpleWorker([Queue("bulk", connection=conn)], connection=conn).work(burst=True)
     assert jobs.get_job(settings, job_id).state == "queued"
     entry = RQJob.fetch(f"{job_id}_r1", connection=conn)
