@@ -9,6 +9,9 @@
 - Headers (Flask-Talisman): a Content-Security-Policy that allows nothing from another
   origin (``default-src 'self'``; scripts also need this request's nonce; no framing), HSTS
   when the request came over HTTPS, ``nosniff``, a same-origin referrer policy.
+- ``Cache-Control: no-store`` on every answer but the public files (``/static``, three.js,
+  the favicon): pages carry the session's CSRF token, account details or patient data, which
+  no browser or proxy cache may keep.
 - The session cookie is HttpOnly, SameSite=Lax, and Secure whenever the request came over
   HTTPS (directly, or through ``DICOMSTL_PROXY_HOPS`` proxies saying so).
 """
@@ -33,6 +36,8 @@ from web.errors import answer
 #: customer portal are reached by a redirect after a form, which CSP's form-action governs).
 STRIPE_PAGES = ("https://checkout.stripe.com", "https://billing.stripe.com")
 LIMITS_PREFIX = "dicomstl-limits"
+#: Endpoints whose answers are the same public bytes for everyone: caches may keep them.
+CACHEABLE = frozenset({"static", "three", "pages.favicon"})
 
 
 class SessionCookies(SecureCookieSessionInterface):
@@ -107,6 +112,14 @@ def install(app: Flask, settings: Settings) -> Limiter:
         limit = limiter.current_limit
         wait = max(1, math.ceil(limit.reset_at - time.time())) if limit else 60
         return answer(429, exc.description, {"Retry-After": str(wait)})
+
+    @app.after_request
+    def no_store(response):
+        """Nothing but the public files is kept by a cache (errors included)."""
+        if not (request.endpoint in CACHEABLE and response.status_code < 400) and \
+                "no-store" not in response.headers.get("Cache-Control", ""):
+            response.headers["Cache-Control"] = "no-store"
+        return response
 
     form_targets = ["'self'", *(STRIPE_PAGES if settings.billing_enabled else ())]
     Talisman(app, force_https=False, session_cookie_secure=False,

@@ -1,11 +1,12 @@
-"""Who may see, download, change and delete what: every route of the app's URL map, for six
-callers: a visitor without an account, user A (owner of organisation X), user B (another
-account), M (a member of X), A's organisation's API key, and a revoked key of X.
+"""Who may see, download, change and delete what: every route and method of the app's URL map,
+for seven callers: a visitor without an account, user A (owner of organisation X), user B
+(another account), M (a member of X), A's organisation's API key, a revoked key of X, and a
+live key of B's organisation.
 
-The table below must name every endpoint the app has: a new route fails this test until its
-row says who may call it. Browsers send a valid CSRF token of their own session (an attacker
-can always get one for themselves); API keys send their key and no cookie. Then: missing
-CSRF tokens are 400, a rate limit is 429, and no credits is 402.
+The table below must name every endpoint and method the app has: a new route fails this test
+until its row says who may call it. Browsers send a valid CSRF token of their own session (an
+attacker can always get one for themselves); API keys send their key and no cookie. Then:
+missing CSRF tokens are 400, a rate limit is 429, and no credits is 402.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from dicomstl.queue import connect
 from tests.service.accounts_helpers import csrf, log_in, make_account
 from tests.service.helpers import auth, file_parts
 
-IDENTITIES = ("anonymous", "A", "B", "M", "key_A", "revoked")
+IDENTITIES = ("anonymous", "A", "B", "M", "key_A", "revoked", "key_B")
 BROWSERS = ("A", "B", "M")
-LOGGED_OUT = ("anonymous", "key_A", "revoked")  # no login session
+LOGGED_OUT = ("anonymous", "key_A", "revoked", "key_B")  # no login session
 JSON = {"Accept": "application/json"}
 
 pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -104,6 +105,7 @@ def world(settings, series) -> World:
     key = apikeys.create_key(url, "X's PACS", people["A"].org_id, people["A"].user_id)
     revoked = apikeys.create_key(url, "old", people["A"].org_id)
     apikeys.revoke_key(url, revoked.key.split("_")[1])
+    key_b = apikeys.create_key(url, "B's PACS", people["B"].org_id, people["B"].user_id)
     clients = {name: app.test_client() for name in IDENTITIES}
     for name in BROWSERS:
         assert log_in(clients[name], people[name]).status_code == 303
@@ -117,7 +119,7 @@ def world(settings, series) -> World:
     SimpleWorker([Queue("bulk", connection=conn)], connection=conn).work(burst=True)
     assert jobs.get_job(settings, done).state == "done"
     return World(settings, app, clients, people,
-                 {"key_A": key.key, "revoked": revoked.key}, done, series, [0])
+                 {"key_A": key.key, "revoked": revoked.key, "key_B": key_b.key}, done, series, [0])
 
 
 # The table --------------------------------------------------------------------------------------
@@ -145,17 +147,17 @@ def logged_in(status, others=302) -> dict:
 def x_only(status, b=404) -> dict:
     """Only X's people (A and M) reach it; B and callers without a login get 404."""
     return {"A": status, "M": status, "B": b, "anonymous": 404, "key_A": 404,
-            "revoked": 404}
+            "revoked": 404, "key_B": 404}
 
 
-def key_only(status) -> dict:
-    """Only X's live key reaches it."""
-    return {**dict.fromkeys(IDENTITIES, 401), "key_A": status}
+def key_only(status, key_b=404) -> dict:
+    """Only X's live key reaches it; B's key gets ``key_b`` (X's jobs are not B's: 404)."""
+    return {**dict.fromkeys(IDENTITIES, 401), "key_A": status, "key_B": key_b}
 
 
 def key_or_session(status) -> dict:
     return {**dict.fromkeys(IDENTITIES, 401), "key_A": status, "A": status, "B": status,
-            "M": status}
+            "M": status, "key_B": status}
 
 
 def upload(w: World) -> dict:
@@ -177,18 +179,26 @@ TABLE: dict[str, Case] = {
     "privacy.cookies": Case("GET", lambda w: "/cookies", everyone(200)),
     "privacy.contact": Case("POST", lambda w: "/contact", everyone(200), data=lambda w: {
         "email": "someone@example.org", "message": "a question"}),
+    "privacy.contact GET": Case("GET", lambda w: "/contact", everyone(200)),
     # signing up and in: open to all, and telling nobody about other accounts
     "accounts.register": Case("POST", lambda w: "/register", everyone(200), data=lambda w: {
         "email": w.fresh("new") + "@example.org", "password": "a long password",
         "repeat": "a long password"}),
+    "accounts.register GET": Case("GET", lambda w: "/register", everyone(200)),
     "accounts.login": Case("POST", lambda w: "/login", everyone(401), data=lambda w: {
         "email": "a@example.org", "password": "not the password"}),
+    "accounts.login GET": Case("GET", lambda w: "/login", everyone(200)),
     "accounts.confirm": Case("GET", lambda w: "/confirm/not-a-token", everyone(400)),
     "accounts.resend_confirmation": Case("POST", lambda w: "/confirm", everyone(200),
                                          data=lambda w: {"email": "a@example.org"}),
+    "accounts.resend_confirmation GET": Case("GET", lambda w: "/confirm", everyone(200)),
     "accounts.reset_request": Case("POST", lambda w: "/reset", everyone(200),
                                    data=lambda w: {"email": "a@example.org"}),
+    "accounts.reset_request GET": Case("GET", lambda w: "/reset", everyone(200)),
     "accounts.reset": Case("GET", lambda w: "/reset/not-a-token", everyone(400)),
+    "accounts.reset POST": Case("POST", lambda w: "/reset/not-a-token", everyone(400),
+                                data=lambda w: {"password": "a new password",
+                                                "repeat": "a new password"}),
     # one's own account (wrong passwords: the view is reached, nothing changes)
     "accounts.account": Case("GET", lambda w: "/account", logged_in(200)),
     "accounts.change_password": Case("POST", lambda w: "/account/password", logged_in(400),
@@ -206,6 +216,9 @@ TABLE: dict[str, Case] = {
                             data=lambda w: {"invite-email": w.fresh("inv") + "@example.org"}),
     "accounts.invitation": Case("GET", lambda w: f"/invitations/{w.invitation()[1]}",
                                 logged_in(200)),
+    # the invitation is to an address none of them has: refused, nobody joins
+    "accounts.invitation POST": Case("POST", lambda w: f"/invitations/{w.invitation()[1]}",
+                                     logged_in(409)),
     "billing.balance": Case("GET", lambda w: "/billing/balance", logged_in(200)),
     "billing.done": Case("GET", lambda w: "/billing/done", logged_in(200)),
     # Stripe is unreachable here: 503 means the purchase was allowed to start
@@ -239,8 +252,10 @@ TABLE: dict[str, Case] = {
     "pages.threshold_slice": Case(
         "GET", lambda w: f"/jobs/{w.job({'preview': True})}/preview/axial.png", x_only(409)),
     # the API: X's key, never a revoked one; a browser only for its own account's data
-    "api.submit": Case("POST", lambda w: "/api/v1/jobs", key_only(201), data=upload),
-    "api.list_jobs": Case("GET", lambda w: "/api/v1/jobs", key_only(200)),
+    # B's organisation has no clinic plan: 402 for its key's uploads
+    "api.submit": Case("POST", lambda w: "/api/v1/jobs", key_only(201, key_b=402),
+                       data=upload),
+    "api.list_jobs": Case("GET", lambda w: "/api/v1/jobs", key_only(200, key_b=200)),
     "api.get_job": Case("GET", lambda w: f"/api/v1/jobs/{w.done_job}", key_only(200)),
     "api.result": Case("GET", lambda w: f"/api/v1/jobs/{w.done_job}/result", key_only(200)),
     "api.delete": Case("DELETE", lambda w: f"/api/v1/jobs/{w.job()}", key_only(200)),
@@ -281,8 +296,10 @@ def _call(w: World, who: str, case: Case, with_csrf: bool = True):
     return path, client.open(path, method=case.method, **kwargs)
 
 
-def test_the_table_names_every_route_of_the_app(world):
-    assert {rule.endpoint for rule in world.app.url_map.iter_rules()} == set(TABLE)
+def test_the_table_names_every_route_and_method_of_the_app(world):
+    routes = {(rule.endpoint, method) for rule in world.app.url_map.iter_rules()
+              for method in rule.methods - {"HEAD", "OPTIONS"}}
+    assert routes == {(name.split()[0], case.method) for name, case in TABLE.items()}
 
 
 def test_each_caller_gets_what_the_table_says(world):
