@@ -425,8 +425,8 @@ def fd_kinds(pids: list[int], connections: set[str]) -> dict[str, int]:
 
 
 def files_under(*folders: Path) -> int:
-    return sum(1 for folder in folders if folder.is_dir()
-               for p in folder.rglob("*") if not p.is_dir())
+    """Files below the folders now (os.walk skips what the scheduler deletes meanwhile)."""
+    return sum(len(files) for folder in folders for _dir, _subdirs, files in os.walk(folder))
 
 
 class Sampler(threading.Thread):
@@ -715,8 +715,8 @@ def main(argv: list[str] | None = None) -> int:
                 emptied_at = time.time()
             time.sleep(0.5)
         files_left = files_under(data_dir / "jobs", data_dir / "incoming")
-        left_paths = [str(p.relative_to(data_dir)) for folder in ("jobs", "incoming")
-                      for p in (data_dir / folder).rglob("*") if not p.is_dir()][:20]
+        left_paths = [str((Path(d) / f).relative_to(data_dir)) for folder in ("jobs", "incoming")
+                      for d, _subdirs, files in os.walk(data_dir / folder) for f in files][:20]
         idle_after = sampler.measure()  # every job ended: the worker idle again
         after = final_states(url, keys, tally)
         redis_left = redis_job_entries(data_dir)

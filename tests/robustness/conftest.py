@@ -12,3 +12,4 @@ from tests.service.conftest import (  # noqa: F401  (fixtures, found by name)
     web_url,
     worker,
 )
+from tests.service.stripe_standin import stripe_standin  # noqa: F401

@@ -27,7 +27,7 @@ import requests
 
 from tests.service.accounts_helpers import link_in, mails
 from tests.service.helpers import auth, spawn, stop, wait_for
-from tests.service.stripe_standin import SECRET_KEY, StripeStandin
+from tests.service.stripe_standin import SECRET_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
 BASELINE = ROOT / ".secrets.baseline"
@@ -92,20 +92,15 @@ def test_a_planted_secret_is_found(tmp_path):
 
 # The logs after an end-to-end flow ------------------------------------------------------------
 
-@pytest.fixture
-def standin():
-    with StripeStandin() as stripe:
-        yield stripe
-
 
 @pytest.fixture
-def service_env(service_env, standin):
+def service_env(service_env, stripe_standin):
     """The service with payments on against the Stripe stand-in, and a webhook secret made
     for this test."""
-    standin.webhook_secret = "whsec_" + secrets.token_urlsafe(24)
+    stripe_standin.webhook_secret = "whsec_" + secrets.token_urlsafe(24)
     return {**service_env, "DICOMSTL_STRIPE_SECRET_KEY": SECRET_KEY,
-            "DICOMSTL_STRIPE_WEBHOOK_SECRET": standin.webhook_secret,
-            "DICOMSTL_STRIPE_API_BASE": standin.url,
+            "DICOMSTL_STRIPE_WEBHOOK_SECRET": stripe_standin.webhook_secret,
+            "DICOMSTL_STRIPE_API_BASE": stripe_standin.url,
             "DICOMSTL_CREDIT_PACKS": "10:price_pack10:19 EUR",
             "DICOMSTL_CLINIC_PRICE_ID": "price_clinic", "DICOMSTL_LOG_LEVEL": "DEBUG"}
 
@@ -118,12 +113,12 @@ def _form(browser: requests.Session, url: str, path: str, data: dict,
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_no_secret_reaches_the_logs(web_url, worker, service_env, settings, standin, series,
+def test_no_secret_reaches_the_logs(web_url, worker, service_env, settings, stripe_standin, series,
                                     tmp_path):
     scheduler = spawn(["scheduler"], service_env, tmp_path / "scheduler.log")
     worker()
     try:
-        standin.webhook_url = web_url + "/billing/webhook"
+        stripe_standin.webhook_url = web_url + "/billing/webhook"
         address, first = "clinic@example.org", "the first long password"
         second = "a second long password"
         browser = requests.Session()
@@ -148,7 +143,7 @@ def test_no_secret_reaches_the_logs(web_url, worker, service_env, settings, stan
         # the clinic plan: Stripe's signed webhooks complete it
         r = _form(browser, web_url, "/billing/checkout", {"product": "clinic"}, "/pricing")
         assert r.status_code == 303, r.text
-        deliveries = standin.wait_for_deliveries(3, timeout_s=30)
+        deliveries = stripe_standin.wait_for_deliveries(3, timeout_s=30)
         assert [d.status for d in deliveries] == [200, 200, 200]
         # an API key, and a conversion with it
         r = _form(browser, web_url, "/account/keys", {"name": "PACS"}, "/account")
@@ -168,7 +163,7 @@ def test_no_secret_reaches_the_logs(web_url, worker, service_env, settings, stan
     finally:
         stop(scheduler)
     tokens = [confirm.rsplit("/", 1)[1], reset.rsplit("/", 1)[1]]
-    wanted = {"webhook secret": standin.webhook_secret, "Stripe key": SECRET_KEY,
+    wanted = {"webhook secret": stripe_standin.webhook_secret, "Stripe key": SECRET_KEY,
               "app secret key": service_env["DICOMSTL_SECRET_KEY"], "API key": key,
               "API key's secret part": key.split("_", 2)[2], "callback secret": hook,
               "confirmation token": tokens[0], "reset token": tokens[1],

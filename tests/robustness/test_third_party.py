@@ -12,20 +12,14 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.service.accounts_helpers import PASSWORD, make_account
-from tests.service.stripe_standin import StripeStandin
 from tests.service.test_browser import ARGS, CHROMIUM
 
 
 @pytest.fixture
-def standin():
-    with StripeStandin() as stripe:
-        yield stripe
-
-
-@pytest.fixture
-def service_env(service_env, standin):
+def service_env(service_env, stripe_standin):
     """Payments on (so the pricing and billing pages are there), Stripe on loopback."""
-    return {**service_env, **standin.env(), "DICOMSTL_CREDIT_PACKS": "10:price_pack10:19 EUR",
+    return {**service_env, **stripe_standin.env(),
+            "DICOMSTL_CREDIT_PACKS": "10:price_pack10:19 EUR",
             "DICOMSTL_CLINIC_PRICE_ID": "price_clinic"}
 
 
