@@ -8,8 +8,8 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 SHARED := ../shared/data/dicom
 # Debian packages the tests drive, as command[:package]: real consumers of our output, a real
 # browser, promtool (checks our alert rules and metrics) and faketime (runs the scheduler an
-# hour ahead).
-TOOLS  := admesh prusa-slicer chromium promtool:prometheus faketime
+# hour ahead), zip (makes a real encrypted archive).
+TOOLS  := admesh prusa-slicer chromium promtool:prometheus faketime zip
 WEBLIB := web/node_modules/.package-lock.json
 # checkov scans the rendered Kubernetes manifests; in its own venv: its pins clash with ours
 CHECKOV := $(VENV)/checkov/bin/checkov
@@ -18,7 +18,8 @@ CHECKOV := $(VENV)/checkov/bin/checkov
 NGINX  := $(VENV)/nginx/usr/sbin/nginx
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run sample test lint kernels bench bench-decimation tools clean lock images pin-images
+.PHONY: run sample test lint kernels bench bench-decimation fuzz reliability tools clean lock images \
+	pin-images
 
 $(STAMP):
 	$(PYTHON) -m venv $(VENV)
@@ -87,6 +88,18 @@ bench: $(STAMP)
 	$(BIN)/python bench/convert.py $(SHARED)/ct-phantom-head-1mm --json bench/results/convert-cpu.json
 	$(BIN)/python bench/service.py --json bench/results/service-cpu.json
 	$(BIN)/python bench/scale.py --json bench/results/scale-cpu.json
+
+# docs/reliability.md: each fuzzer for FUZZ_S seconds (crashes land in $TMPDIR, printed),
+# the faults with 20 jobs each, and the ten-minute soak of 16 clients.
+FUZZ_S ?= 600
+fuzz: $(STAMP)
+	for target in series archive; do \
+	  $(BIN)/python tests/robustness/fuzz.py $$target -max_total_time=$(FUZZ_S) -timeout=10 \
+	    -rss_limit_mb=2048 -print_final_stats=1 || exit 1; done
+
+reliability: $(STAMP)
+	$(BIN)/python bench/faults.py --jobs 20 --json bench/results/faults.json
+	$(BIN)/python bench/soak.py --json bench/results/soak.json
 
 # Our decimation beside seven others on real series (installs them: about 1.5 GB).
 bench-decimation: $(STAMP)
