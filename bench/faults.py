@@ -33,6 +33,7 @@ from tests.dicom_factory import lps_grid, sphere_hu, write_series  # noqa: E402
 from tests.robustness import faults  # noqa: E402
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+SHARED = ROOT.parent / "shared" / "data" / "dicom"
 SCENARIOS = ("worker_sigkill", "redis_restart_persistent", "redis_restart_volatile",
              "postgres_cut", "disk_full", "scheduler_sigkill_mid_sweep",
              "web_sigkill_mid_upload")
@@ -64,7 +65,9 @@ def run_one(name: str, tmp: Path, series: list[Path], args) -> faults.Outcome:
     sqlite = f"sqlite:///{tmp / 'dicomstl.db'}"
     n = args.jobs
     if name == "worker_sigkill":
-        return faults.worker_sigkill(tmp, sqlite, series, n, kills=3)
+        # a real series: the synthetic one converts too fast to be caught running, thrice
+        real = sorted((SHARED / "mr-enhanced-sag").iterdir())
+        return faults.worker_sigkill(tmp, sqlite, real, n, kills=3)
     if name.startswith("redis_restart"):
         return faults.redis_restart(tmp, sqlite, series, n, persistent=name.endswith("persistent"))
     if name == "postgres_cut":
