@@ -518,19 +518,30 @@ def trends(samples: list[dict], warmup_s: float) -> dict:
     return out
 
 
-def prime_pools(url: str, keys: list[str], rounds: int = 5) -> None:
-    """Fill the web app's Redis and database connection pools before the clock starts:
-    rounds of more concurrent requests than it has threads (they grow to its peak
-    concurrency, which a random load reaches only bit by bit)."""
+def prime_pools(url: str, keys: list[str], good: list[Upload], rounds: int = 5) -> None:
+    """Fill the web app's Redis and database connection pools and its threads' buffers
+    before the clock starts: rounds of more concurrent requests than it has threads (they
+    grow to its peak concurrency, which a random load reaches only bit by bit), lists and
+    whole uploads refused after their bodies were read (options that are not JSON)."""
     from concurrent.futures import ThreadPoolExecutor
 
     def get(key: str) -> None:
         requests.get(url + "/api/v1/jobs", timeout=60,
                      headers={"Authorization": f"Bearer {key}"}).raise_for_status()
 
+    def refused_upload(job: tuple[str, Upload]) -> None:
+        key, upload = job
+        files = [("files", (name, data, "application/octet-stream"))
+                 for name, data in upload.files]
+        r = requests.post(url + "/api/v1/jobs", files=files, data={"options": "{not json"},
+                          headers={"Authorization": f"Bearer {key}"}, timeout=120)
+        if r.status_code != 400:
+            raise RuntimeError(f"a priming upload was answered {r.status_code}, not 400")
+
     with ThreadPoolExecutor(2 * len(keys)) as pool:
-        for _ in range(rounds):
+        for n in range(rounds):
             list(pool.map(get, keys * 2))
+            list(pool.map(refused_upload, [(key, good[n % len(good)]) for key in keys]))
 
 
 # The run ------------------------------------------------------------------------------------
@@ -597,7 +608,7 @@ def stop_service(up: subprocess.Popen) -> None:
 
 def worker_ready(url: str, key: str, upload: Upload, timeout_s: float = 120) -> None:
     """One good job through the whole service before the clock starts (the worker's
-    warm-up and first compilations are not the soak's)."""
+    warm-up, first compilations and decoders loaded are not the soak's)."""
     http = requests.Session()
     http.headers["Authorization"] = f"Bearer {key}"
     files = [("files", (n, d, "application/octet-stream")) for n, d in upload.files]
@@ -684,8 +695,9 @@ def main(argv: list[str] | None = None) -> int:
     tally = Tally()
     try:
         keys = [create_key(database_url, f"soak clinic {n}").key for n in range(args.clients)]
-        worker_ready(url, keys[0], good[0])
-        prime_pools(url, keys)
+        for upload in good:  # each kind once: its decoder and compilations are warm-up
+            worker_ready(url, keys[0], upload)
+        prime_pools(url, keys, good)
         start = time.monotonic()
         sampler = Sampler(up.pid, data_dir, args.sample_s, start,
                           int(url.rsplit(":", 1)[1]))
