@@ -10,9 +10,10 @@ retention window has passed.
 Thirty seconds of samples cannot tell a plateau still rising (Python's arenas and the
 connection pools growing to the load's peak) from a leak, so this short run holds each
 process tree's idle footprint after the load against before it: at most 32 MiB more RSS
-(about 20 jobs and 900 requests run: a leak of 2 MiB a job or 40 kB a request shows) and at
-most 4 more descriptors (a connection pool reaching its peak late holds one or two more; one
-leaked per request or job would be dozens or hundreds). The slopes of its 2 s samples are
+(about 80 jobs and 1,300 requests run: a leak of 0.4 MiB a job or 25 kB a request shows;
+the worker's bound is 128 MiB, below) and at most 4 more descriptors (a connection pool
+reaching its peak late holds one or two more; one leaked per request or job would be dozens
+or hundreds). The slopes of its 2 s samples are
 reported; the ten-minute run (``python bench/soak.py``, docs/reliability.md) holds the web
 app's and the scheduler's to:
 
@@ -39,7 +40,8 @@ MAX_FDS_PER_MIN = 6.0
 MAX_IDLE_GROWTH_MB = 32.0
 MAX_IDLE_FDS = 4
 #: The worker's allocator keeps part of what its conversions freed: 3.5 MiB of idle growth
-#: after this run on a quiet machine, 58 MiB in one CI run; a leak of 6 MiB a job shows.
+#: after this run on a quiet machine, 58 MiB in one CI run; with about 80 jobs a run, a leak
+#: of 2 MiB a job shows.
 MAX_WORKER_IDLE_GROWTH_MB = 128.0
 
 
